@@ -1,0 +1,242 @@
+"""A real aiortc client of the stylecam protocol, for tests and benchmarks.
+
+It sends a synthetic camera whose pixels carry the frame index (a grid of black and white
+cells in the middle of the picture), receives the stylized track on the same connection,
+reads the index back and so measures glass-to-glass latency for every frame of a
+structure-keeping transform (passthrough, invert: the code reads the same either way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import aiohttp
+import cv2
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from transforms.frames import center_crop
+
+logger = logging.getLogger(__name__)
+
+SOURCE_SIZE = (640, 480)
+CODE_GRID = 4  # 4 x 4 cells: two references (white, black), 13 index bits, 1 parity bit
+CODE_CELL_PX = 40  # big flat cells survive VP8 at low bitrate and any centred crop
+INDEX_BITS = 13
+INDEX_MODULUS = 1 << INDEX_BITS  # 8192 frames: 4.5 minutes at 30 fps
+MIN_REFERENCE_CONTRAST = 60  # below it the output does not carry the code
+CLOCK_RATE = 90_000
+
+
+def _cell_centers(width: int, height: int) -> list[tuple[float, float]]:
+    """Centres of the code cells, row by row, in source pixels."""
+    left = width / 2 - CODE_GRID * CODE_CELL_PX / 2
+    top = height / 2 - CODE_GRID * CODE_CELL_PX / 2
+    return [
+        (left + (col + 0.5) * CODE_CELL_PX, top + (row + 0.5) * CODE_CELL_PX)
+        for row in range(CODE_GRID)
+        for col in range(CODE_GRID)
+    ]
+
+
+def _code_bits(index: int) -> list[int]:
+    value = index % INDEX_MODULUS
+    bits = [(value >> bit) & 1 for bit in range(INDEX_BITS)]
+    return [1, 0, *bits, sum(bits) % 2]
+
+
+def paint_index(image: np.ndarray, index: int) -> None:
+    """Draw the code of `index` into an RGB image of the source size, in place."""
+    half = CODE_CELL_PX // 2
+    for (cx, cy), bit in zip(_cell_centers(image.shape[1], image.shape[0]), _code_bits(index), strict=True):
+        x, y = int(cx) - half, int(cy) - half
+        image[y : y + CODE_CELL_PX, x : x + CODE_CELL_PX] = 255 if bit else 0
+
+
+def read_index(gray: np.ndarray, source_size: tuple[int, int] = SOURCE_SIZE) -> int | None:
+    """The frame index in an output picture (grayscale), or None where the code is unreadable.
+
+    The server centre-crops the source to its processing aspect and scales it; the cell
+    centres are mapped the same way. A cell is 1 where it looks like the white reference,
+    so an inverted picture reads the same.
+    """
+    height, width = gray.shape
+    x0, y0, crop_w, _ = center_crop(*source_size, width / height)
+    scale = width / crop_w
+    radius = max(1, int(CODE_CELL_PX * scale / 4))
+    values = []
+    for cx, cy in _cell_centers(*source_size):
+        x, y = int((cx - x0) * scale), int((cy - y0) * scale)
+        values.append(float(gray[y - radius : y + radius, x - radius : x + radius].mean()))
+    white, black = values[0], values[1]
+    if abs(white - black) < MIN_REFERENCE_CONTRAST:
+        return None
+    bits = [int(abs(value - white) < abs(value - black)) for value in values[2:]]
+    *index_bits, parity = bits
+    if sum(index_bits) % 2 != parity:
+        return None
+    return sum(bit << position for position, bit in enumerate(index_bits))
+
+
+class IndexedCamera(MediaStreamTrack):
+    """A paced synthetic camera: a moving scene with the frame index painted in its middle."""
+
+    kind = "video"
+
+    def __init__(self, fps: float = 30.0, size: tuple[int, int] = SOURCE_SIZE) -> None:
+        super().__init__()
+        self.fps = fps
+        self.size = size
+        self.sent_at: dict[int, float] = {}
+        self.frames_sent = 0
+        self._started_at: float | None = None
+        gradient = np.linspace(40, 200, size[0], dtype=np.uint8)
+        self._background = np.dstack([np.tile(gradient, (size[1], 1))] * 3)
+        self._background[..., 2] = 120
+
+    async def recv(self) -> VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._started_at is None:
+            self._started_at = time.monotonic()
+        index = self.frames_sent
+        due = self._started_at + index / self.fps
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        image = self._background.copy()
+        x = int((index * 4) % self.size[0])
+        cv2.circle(image, (x, self.size[1] // 4), 30, (230, 60, 60), -1)
+        paint_index(image, index)
+        frame = VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = int(index * CLOCK_RATE / self.fps)
+        frame.time_base = Fraction(1, CLOCK_RATE)
+        self.sent_at[index % INDEX_MODULUS] = time.monotonic()
+        self.frames_sent += 1
+        return frame
+
+
+@dataclass
+class ReceivedFrame:
+    at: float
+    width: int
+    height: int
+    index: int | None
+    latency_s: float | None
+
+
+class OfferRefused(RuntimeError):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(f"offer refused with {status}: {body.get('error')}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class StreamClient:
+    """One browser-like peer: connect(), then read `received`, `stats` and request() replies."""
+
+    base_url: str
+    params: dict[str, Any] | None = None
+    fps: float = 30.0
+    token: str | None = None
+    keep_images: bool = False
+    received: list[ReceivedFrame] = field(default_factory=list)
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    frame_errors: list[dict[str, Any]] = field(default_factory=list)
+    last_image: np.ndarray | None = None
+    session_id: str | None = None
+
+    def __post_init__(self) -> None:
+        self.camera = IndexedCamera(self.fps)
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.control: RTCDataChannel = self.pc.createDataChannel("control")
+        self._replies: deque[asyncio.Future[dict[str, Any]]] = deque()
+        self._opened = asyncio.Event()
+        self._receiver: asyncio.Task[None] | None = None
+        self.control.on("open", self._opened.set)
+        self.control.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+
+    async def connect(self, timeout_s: float = 15.0) -> None:
+        """Offer, get the answer, and wait until the control channel is open."""
+        self.pc.addTrack(self.camera)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body: dict[str, Any] = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        if self.params is not None:
+            body["params"] = self.params
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.base_url}/offer", json=body, headers=headers) as response:
+                answer = await response.json()
+                if response.status != 200:
+                    raise OfferRefused(response.status, answer)
+        self.session_id = answer["session"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        await asyncio.wait_for(self._opened.wait(), timeout_s)
+
+    async def request(self, message: dict[str, Any] | str, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Send a message (a dict as JSON, a str as it is) and wait for its reply."""
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies.append(reply)
+        self.control.send(message if isinstance(message, str) else json.dumps(message))
+        return await asyncio.wait_for(reply, timeout_s)
+
+    async def wait_frames(self, count: int, timeout_s: float = 20.0) -> None:
+        """Wait until `count` more frames have arrived."""
+        target = len(self.received) + count
+        deadline = time.monotonic() + timeout_s
+        while len(self.received) < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(self.received)} of {target} frames arrived")
+            await asyncio.sleep(0.05)
+
+    def latencies(self, since: float = float("-inf")) -> list[float]:
+        return [f.latency_s for f in self.received if f.latency_s is not None and f.at >= since]
+
+    async def close(self) -> None:
+        if self._receiver is not None:
+            self._receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._receiver
+        await self.pc.close()
+
+    def _on_message(self, message: str | bytes) -> None:
+        data = json.loads(message)
+        if data.get("type") == "stats":
+            self.stats.append(data)
+        elif data.get("type") == "error" and data.get("request") == "frame":
+            self.frame_errors.append(data)
+        elif self._replies:
+            self._replies.popleft().set_result(data)
+        else:
+            logger.warning("unexpected control message %s", data)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._receiver = asyncio.create_task(self._receive(track))
+
+    async def _receive(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                index = read_index(frame.to_ndarray(format="gray"))
+                sent = self.camera.sent_at.get(index) if index is not None else None
+                latency = now - sent if sent is not None and sent <= now else None
+                self.received.append(ReceivedFrame(now, frame.width, frame.height, index, latency))
+                if self.keep_images:
+                    self.last_image = frame.to_ndarray(format="rgb24")

@@ -1,0 +1,141 @@
+"""Server settings: defaults < JSON file (--config) < STYLECAM_* environment < CLI flags.
+
+Everything that needs a restart (network, model, processing size) lives here;
+what changes live (prompt, strength, ...) is a live parameter in transforms/params.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    CliSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "STYLECAM_"
+
+
+class SettingsFileError(ValueError):
+    """The --config file is missing, unreadable or not a JSON object."""
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server, as RTCIceServer in the browser and in aiortc."""
+
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class Settings(BaseSettings):
+    """stylecam server settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        cli_prog_name="server.py",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        extra="forbid",
+    )
+
+    config: Path | None = Field(
+        None, description="JSON file with settings; environment and flags override it"
+    )
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: all)")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port)")
+    cert: Path | None = Field(
+        None, description="TLS certificate (PEM); with --key serves HTTPS, which browsers "
+        "need for camera access from other machines"
+    )
+    key: Path | None = Field(None, description="TLS private key (PEM) for --cert")
+    token: str | None = Field(
+        None, description="if set, POST /offer needs 'Authorization: Bearer <token>'"
+    )
+    max_sessions: int = Field(4, ge=1, le=64, description="concurrent streams; more get 503")
+    ice_servers: list[IceServer] = Field(
+        [],
+        description='STUN/TURN servers as JSON, e.g. [{"urls": "stun:stun.l.google.com:19302"}]',
+    )
+    transform: Literal["passthrough", "invert", "edges", "cartoon"] = Field(
+        "invert", description="what is done to each frame"
+    )
+    width: int = Field(512, ge=64, le=2048, multiple_of=8, description="processing width (px)")
+    height: int = Field(512, ge=64, le=2048, multiple_of=8, description="processing height (px)")
+    delay_ms: float = Field(
+        0.0, ge=0, le=10_000, description="extra processing time per batch, to model a slow GPU"
+    )
+    max_batch: int = Field(
+        8, ge=1, le=64, description="most frames (from different sessions) one stage call takes"
+    )
+    frame_timeout_s: float = Field(
+        10.0, gt=0, description="a session with no camera frame for this long is closed"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--cert and --key go together: give both for HTTPS, or neither")
+        for path in (self.cert, self.key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file not found: {path}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings passes the JSON file's values as init kwargs; they rank
+        # below the environment. The CLI source, when given, ranks above both.
+        return (env_settings, init_settings)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise SettingsFileError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise SettingsFileError(f"config file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SettingsFileError(f"config file {path} must hold a JSON object")
+    return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Build Settings from all sources; argv None means no CLI flags (tests, embedding).
+
+    Raises SettingsFileError or pydantic.ValidationError with a message meant for users.
+    """
+    cli_source: CliSettingsSource[Settings] | None = None
+    cli_values: dict[str, Any] = {}
+    if argv is not None:
+        cli_source = CliSettingsSource(Settings, cli_parse_args=list(argv))
+        cli_values = cli_source()
+    config_path = cli_values.get("config") or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    file_values = _read_config_file(Path(config_path)) if config_path else {}
+    file_values.pop("config", None)
+    return Settings(_cli_settings_source=cli_source, **file_values)
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line per bad setting, naming the flag a user would type."""
+    lines = []
+    for item in error.errors():
+        name = "--" + "-".join(str(part) for part in item["loc"]).replace("_", "-")
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}" if item["loc"] else message)
+    return "\n".join(lines)
