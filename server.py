@@ -25,7 +25,8 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(settings.cert, settings.key)
     except (ssl.SSLError, OSError) as exc:
-        raise SystemExit(f"stylecam: cannot use --cert {settings.cert} / --key {settings.key}: {exc}") from exc
+        message = f"stylecam: cannot use --cert {settings.cert} / --key {settings.key}: {exc}"
+        raise SystemExit(message) from exc
     return context
 
 
@@ -36,9 +37,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"stylecam: invalid settings:\n{describe_errors(exc)}") from None
     except SettingsFileError as exc:
         raise SystemExit(f"stylecam: {exc}") from None
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.log_level != "DEBUG":
         logging.getLogger("aioice").setLevel(logging.WARNING)  # a line per ICE check otherwise
     context = tls_context(settings)

@@ -52,13 +52,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: all)")
     port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port)")
     cert: Path | None = Field(
-        None, description="TLS certificate (PEM); with --key serves HTTPS, which browsers "
-        "need for camera access from other machines"
+        None,
+        description="TLS certificate (PEM); with --key serves HTTPS, which browsers "
+        "need for camera access from other machines",
     )
     key: Path | None = Field(None, description="TLS private key (PEM) for --cert")
-    token: str | None = Field(
-        None, description="if set, POST /offer needs 'Authorization: Bearer <token>'"
-    )
+    token: str | None = Field(None, description="if set, POST /offer needs 'Authorization: Bearer <token>'")
     max_sessions: int = Field(4, ge=1, le=64, description="concurrent streams; more get 503")
     ice_servers: list[IceServer] = Field(
         [],
@@ -137,5 +136,5 @@ def describe_errors(error: ValidationError) -> str:
     for item in error.errors():
         name = "--" + "-".join(str(part) for part in item["loc"]).replace("_", "-")
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{name}: {message}" if item["loc"] else message)
+        lines.append(f"{name}: {message} (got {item['input']!r})" if item["loc"] else message)
     return "\n".join(lines)

@@ -180,11 +180,13 @@ class StreamClient:
         if self.params is not None:
             body["params"] = self.params
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.base_url}/offer", json=body, headers=headers) as response:
-                answer = await response.json()
-                if response.status != 200:
-                    raise OfferRefused(response.status, answer)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.base_url}/offer", json=body, headers=headers) as response,
+        ):
+            answer = await response.json()
+            if response.status != 200:
+                raise OfferRefused(response.status, answer)
         self.session_id = answer["session"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         await asyncio.wait_for(self._opened.wait(), timeout_s)
@@ -233,6 +235,7 @@ class StreamClient:
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
+                assert isinstance(frame, VideoFrame)
                 now = time.monotonic()
                 index = read_index(frame.to_ndarray(format="gray"))
                 sent = self.camera.sent_at.get(index) if index is not None else None

@@ -78,6 +78,8 @@ class Session:
     async def answer(self, sdp: str) -> RTCSessionDescription:
         """Answer the browser's offer; the answer sends the stylized track back on the
         transceiver that brings the camera. Raises OfferError for an unusable offer."""
+        if not sdp.startswith("v=0"):
+            raise OfferError("invalid SDP offer: it must start with 'v=0'")
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:

@@ -238,7 +238,7 @@ class FrameEngine:
             return []
         sessions = list(self._sessions.values())
         self._turn = (self._turn + 1) % len(sessions)
-        jobs = []
+        jobs: list[FrameJob] = []
         for session in sessions[self._turn :] + sessions[: self._turn]:
             if len(jobs) == self._max_batch:
                 break
@@ -274,11 +274,7 @@ class FrameEngine:
 
     def _admissible(self, session: EngineSession) -> bool:
         """A new frame waits, none of its frames is queued inside, and it is under its in-flight cap."""
-        return (
-            session._pending is not None
-            and not session._queued
-            and session._inflight < self._max_inflight
-        )
+        return session._pending is not None and not session._queued and session._inflight < self._max_inflight
 
     def _process(self, index: int, jobs: list[FrameJob]) -> None:
         state = self._stages[index]

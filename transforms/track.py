@@ -24,7 +24,7 @@ class StylizedTrack(MediaStreamTrack):
 
     def __init__(self) -> None:
         super().__init__()
-        self._loop = asyncio.get_running_loop()
+        self._event_loop = asyncio.get_running_loop()
         self._latest: VideoFrame | None = None
         self._ready = asyncio.Event()
         self._started_at: float | None = None
@@ -33,7 +33,7 @@ class StylizedTrack(MediaStreamTrack):
 
     def offer(self, frame: VideoFrame) -> None:
         """Make `frame` the next one to send; safe to call from any thread."""
-        self._loop.call_soon_threadsafe(self._put, frame)
+        self._event_loop.call_soon_threadsafe(self._put, frame)
 
     def _put(self, frame: VideoFrame) -> None:
         if self._latest is not None:
