@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         None, description="JSON file with settings; environment and flags override it"
     )
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: all)")
-    port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port)")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port")
     cert: Path | None = Field(
         None,
         description="TLS certificate (PEM); with --key serves HTTPS, which browsers "

@@ -1,0 +1,140 @@
+"""End-to-end benchmark over WebRTC on loopback: N aiortc clients against `python server.py`.
+
+Each client sends a 640x480 synthetic camera at --fps for --seconds; the figures are per
+client: frames out per second, glass-to-glass latency p50/p95 (from the frame index in the
+pixels, so only for structure-keeping transforms: passthrough, invert), and the frames the
+server dropped; plus the server process's CPU use. Prints a table and writes JSON.
+
+    python -m bench.stream --transform passthrough --width 640 --height 480
+    python -m bench.stream --clients 4 --seconds 30 -- --transform invert --delay-ms 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from bench.client import StreamClient
+from bench.serve import ROOT, ServerProcess
+
+logger = logging.getLogger("bench.stream")
+
+RESULTS = ROOT / "bench" / "results"
+WARMUP_S = 2.0  # codec start and the first keyframe are not steady state
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def client_figures(client: StreamClient, start: float, end: float) -> dict[str, Any]:
+    frames = [frame for frame in client.received if start <= frame.at < end]
+    latencies_ms = [frame.latency_s * 1000 for frame in frames if frame.latency_s is not None]
+    last_stats = client.stats[-1] if client.stats else {}
+    p50, p95 = percentile(latencies_ms, 0.5), percentile(latencies_ms, 0.95)
+    return {
+        "fps_out": round(len(frames) / (end - start), 2),
+        "latency_p50_ms": round(p50, 1) if p50 is not None else None,
+        "latency_p95_ms": round(p95, 1) if p95 is not None else None,
+        "frames_sent": client.camera.frames_sent,
+        "frames_received": len(client.received),
+        "server_dropped": last_stats.get("dropped"),
+        "server_latency_ms": last_stats.get("latency_ms"),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    server_args = [*args.server_args]
+    server = ServerProcess(*server_args)
+    try:
+        health = await server.ready()
+        if health["status"] != "ok":
+            raise SystemExit(f"server failed to start: {health.get('error')}")
+        process = psutil.Process(server.process.pid)
+        clients = [StreamClient(server.url, fps=args.fps) for _ in range(args.clients)]
+        await asyncio.gather(*(client.connect() for client in clients))
+        await asyncio.sleep(WARMUP_S)
+        process.cpu_percent()
+        start = time.monotonic()
+        await asyncio.sleep(args.seconds)
+        end = time.monotonic()
+        cpu = process.cpu_percent()
+        async with aiohttp.ClientSession() as http, http.get(f"{server.url}/stats") as response:
+            server_stats = await response.json()
+        figures = [client_figures(client, start, end) for client in clients]
+        await asyncio.gather(*(client.close() for client in clients))
+    finally:
+        await server.stop()
+    return {
+        "benchmark": "stream",
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_description(),
+        "command": "python -m bench.stream " + " ".join(args.argv),
+        "server_args": server_args,
+        "clients": args.clients,
+        "camera_fps": args.fps,
+        "seconds": args.seconds,
+        "server_cpu_percent": round(cpu, 1),
+        "engine": server_stats["engine"],
+        "per_client": figures,
+    }
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{platform.system()} {cpu}, {psutil.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"{result['command']}\n{result['machine']}, server CPU {result['server_cpu_percent']}%")
+    print(f"{'client':>6} {'fps out':>8} {'p50 ms':>8} {'p95 ms':>8} {'dropped':>8} {'server ms':>9}")
+    for number, row in enumerate(result["per_client"], 1):
+        print(
+            f"{number:>6} {row['fps_out']:>8} {row['latency_p50_ms']!s:>8} {row['latency_p95_ms']!s:>8}"
+            f" {row['server_dropped']!s:>8} {row['server_latency_ms']!s:>9}"
+        )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.stream",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="Arguments after -- go to server.py unchanged (e.g. -- --transform invert --delay-ms 100).",
+    )
+    parser.add_argument("--clients", type=int, default=1, help="concurrent aiortc clients (default 1)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured time (default 20)")
+    parser.add_argument("--fps", type=float, default=30.0, help="camera frame rate per client (default 30)")
+    parser.add_argument("--json", type=Path, default=RESULTS / "stream.json", help="JSON result file")
+    parser.add_argument("server_args", nargs="*", help="server.py arguments, after --")
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING)
+    args = parse_args(argv)
+    result = asyncio.run(run(args))
+    print_table(result)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
