@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if settings.log_level != "DEBUG":
         logging.getLogger("aioice").setLevel(logging.WARNING)  # a line per ICE check otherwise
     context = tls_context(settings)
-    host = EngineHost(lambda: build_engine(settings), transform=settings.transform, device="cpu")
+    host = EngineHost(lambda: build_engine(settings), transform=settings.transform, device=settings.device)
     scheme = "https" if context else "http"
     logger.info("stylecam %s on %s://%s:%d", settings.transform, scheme, settings.host, settings.port)
     web.run_app(

@@ -46,9 +46,7 @@ class Settings(BaseSettings):
         extra="forbid",
     )
 
-    config: Path | None = Field(
-        None, description="JSON file with settings; environment and flags override it"
-    )
+    config: Path | None = Field(None, description="JSON file with settings; environment and flags override it")
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: all)")
     port: int = Field(8080, ge=1, le=65535, description="TCP port")
     cert: Path | None = Field(
@@ -63,20 +61,33 @@ class Settings(BaseSettings):
         [],
         description='STUN/TURN servers as JSON, e.g. [{"urls": "stun:stun.l.google.com:19302"}]',
     )
-    transform: Literal["passthrough", "invert", "edges", "cartoon"] = Field(
-        "invert", description="what is done to each frame"
+    transform: Literal["diffusion", "passthrough", "invert", "edges", "cartoon"] = Field(
+        "diffusion", description="what is done to each frame; all but diffusion need no model"
     )
+    model: str = Field(
+        "SimianLuo/LCM_Dreamshaper_v7",
+        description="SD 1.5 model: hub id, local diffusers folder, .safetensors file, or 'tiny' "
+        "(offline random weights, for tests)",
+    )
+    vae: str = Field("madebyollin/taesd", description="TAESD autoencoder: hub id or local folder")
+    lora: str | None = Field(
+        None, description="LoRA fused into the UNet, e.g. latent-consistency/lcm-lora-sdv1-5 for a non-LCM model"
+    )
+    device: str = Field("auto", description="torch device: auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="model precision; auto is float16 on CUDA, float32 on the CPU"
+    )
+    batch: int = Field(
+        1, ge=1, le=8, description="camera frames of one session per model call: more throughput, more latency"
+    )
+    channels_last: bool = Field(True, description="channels-last memory layout on CUDA")
+    compile: bool = Field(False, description="torch.compile the UNet and TAESD (slow first frames)")
+    stable_fast: bool = Field(False, description="compile with stable-fast when it is installed (CUDA)")
     width: int = Field(512, ge=64, le=2048, multiple_of=8, description="processing width (px)")
     height: int = Field(512, ge=64, le=2048, multiple_of=8, description="processing height (px)")
-    delay_ms: float = Field(
-        0.0, ge=0, le=10_000, description="extra processing time per batch, to model a slow GPU"
-    )
-    max_batch: int = Field(
-        8, ge=1, le=64, description="most frames (from different sessions) one stage call takes"
-    )
-    frame_timeout_s: float = Field(
-        10.0, gt=0, description="a session with no camera frame for this long is closed"
-    )
+    delay_ms: float = Field(0.0, ge=0, le=10_000, description="extra processing time per batch, to model a slow GPU")
+    max_batch: int = Field(8, ge=1, le=64, description="most frames (from different sessions) one stage call takes")
+    frame_timeout_s: float = Field(10.0, gt=0, description="a session with no camera frame for this long is closed")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
     @model_validator(mode="after")

@@ -30,9 +30,7 @@ class StylecamCollector(Collector):
         if engine is None:
             return
         snapshot = engine.snapshot()
-        yield GaugeMetricFamily(
-            "stylecam_output_fps", "frames per second out, all sessions", value=snapshot["fps"]
-        )
+        yield GaugeMetricFamily("stylecam_output_fps", "frames per second out, all sessions", value=snapshot["fps"])
         for key, help_text in (
             ("frames_in", "camera frames received"),
             ("frames_dropped", "camera frames replaced by a newer one before processing"),

@@ -58,7 +58,7 @@ class Session:
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()
         self.pc = RTCPeerConnection(configuration)
-        self.output = StylizedTrack()
+        self.output = StylizedTrack(depth=engine.frames_per_batch)
         self.engine_session = engine.open_session(
             session_id, params, on_result=self._on_result, on_error=self._on_error
         )
@@ -168,7 +168,7 @@ class Session:
             self._schedule_close(f"connection {state}")
 
     def _on_result(self, job: FrameJob) -> None:
-        self.output.offer(job.data)
+        self.output.offer(job.data, job.received_at)
 
     def _on_error(self, message: str) -> None:
         self._loop.call_soon_threadsafe(self._push_error, message)

@@ -27,9 +27,7 @@ async def chromium(extra_flags: list[str] | None = None) -> AsyncIterator[Browse
     if not shutil.which(CHROMIUM):
         pytest.fail("chromium is not installed: apt-get install chromium (.ci/run does)")
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS + (extra_flags or [])
-        )
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS + (extra_flags or []))
         try:
             yield browser
         finally:

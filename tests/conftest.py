@@ -39,7 +39,7 @@ async def start_server() -> AsyncIterator[Callable[..., Awaitable[RunningServer]
     runners: list[web.AppRunner] = []
 
     async def start(**overrides: Any) -> RunningServer:
-        settings = Settings(**{"host": "127.0.0.1", "port": free_port(), **overrides})
+        settings = Settings(**{"host": "127.0.0.1", "port": free_port(), "transform": "invert", **overrides})
         host = EngineHost(lambda: build_engine(settings), transform=settings.transform, device="cpu")
         app = build_app(settings, host)
         runner = web.AppRunner(app)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from models.accelerators import Accelerators, accelerate
+from models.loading import ModelLoadError, load_model
+from models.stream import LcmStream
 from settings import Settings
 from transforms.base import Transform
+from transforms.diffusion import DiffusionTransform
 from transforms.engine import FrameEngine
 from transforms.filters import FILTERS, FilterTransform
+from transforms.host import TransformLoadError
 
 
 def _filter_factory(name: str) -> Callable[[Settings], Transform]:
@@ -17,10 +22,28 @@ def _filter_factory(name: str) -> Callable[[Settings], Transform]:
     return build
 
 
-TRANSFORMS: dict[str, Callable[[Settings], Transform]] = {name: _filter_factory(name) for name in FILTERS}
+def build_diffusion(settings: Settings) -> Transform:
+    """Load the model (minutes on a first download) and wrap it as a transform."""
+    try:
+        model = load_model(settings.model, settings.vae, settings.lora, settings.device, settings.dtype)
+    except ModelLoadError as exc:
+        raise TransformLoadError(str(exc)) from exc
+    accelerate(
+        model,
+        Accelerators(channels_last=settings.channels_last, compile=settings.compile, stable_fast=settings.stable_fast),
+    )
+    return DiffusionTransform(LcmStream(model), settings.width, settings.height)
+
+
+TRANSFORMS: dict[str, Callable[[Settings], Transform]] = {
+    "diffusion": build_diffusion,
+    **{name: _filter_factory(name) for name in FILTERS},
+}
 
 
 def build_engine(settings: Settings) -> FrameEngine:
     """The configured transform inside a frame engine (not started yet)."""
     transform = TRANSFORMS[settings.transform](settings)
-    return FrameEngine(transform, max_batch=settings.max_batch, delay_ms=settings.delay_ms)
+    return FrameEngine(
+        transform, max_batch=settings.max_batch, delay_ms=settings.delay_ms, frames_per_batch=settings.batch
+    )

@@ -41,9 +41,7 @@ def cartoon(image: np.ndarray) -> np.ndarray:
         small = cv2.bilateralFilter(small, 7, 40, 7)
     color = cv2.resize(small, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
     gray = cv2.medianBlur(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 7)
-    ink = cv2.adaptiveThreshold(
-        gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, CARTOON_EDGE_BLOCK_PX, 2
-    )
+    ink = cv2.adaptiveThreshold(gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, CARTOON_EDGE_BLOCK_PX, 2)
     return cv2.bitwise_and(color, color, mask=ink)
 
 

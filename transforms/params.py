@@ -19,9 +19,7 @@ class StyleParams(BaseModel):
         max_length=1000,
         description="what the stream should look like",
     )
-    negative_prompt: str = Field(
-        "", max_length=1000, description="what to steer away from (costs a second UNet pass)"
-    )
+    negative_prompt: str = Field("", max_length=1000, description="what to steer away from (costs a second UNet pass)")
     strength: float = Field(
         0.5,
         ge=0.05,

@@ -1,9 +1,10 @@
-"""The stylized output track: hands the newest engine result to aiortc's encoder."""
+"""The stylized output track: hands engine results to aiortc's encoder, newest first."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from fractions import Fraction
 
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -11,46 +12,50 @@ from av import VideoFrame
 
 VIDEO_CLOCK_RATE = 90_000  # RTP video clock (RFC 3551); the encoders expect it
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
+MAX_PACING_GAP_S = 0.2  # frames of one batch are spread out, but never held longer than this
 
 
 class StylizedTrack(MediaStreamTrack):
-    """A video track whose frames come from engine threads; only the newest is kept.
+    """A video track whose frames come from engine threads.
 
-    recv() waits for a result newer than the last one it returned and stamps it with a
-    monotonic pts on the 90 kHz clock, from the server's own clock.
+    It keeps at most `depth` results (1 unless frames are batched per session): a newer one
+    pushes out the oldest, so nothing piles up. recv() stamps each frame with a monotonic
+    pts on the 90 kHz clock, from the server's own clock; frames that arrive together (a
+    batch) leave spaced as their camera frames were.
     """
 
     kind = "video"
 
-    def __init__(self) -> None:
+    def __init__(self, depth: int = 1) -> None:
         super().__init__()
         self._event_loop = asyncio.get_running_loop()
-        self._latest: VideoFrame | None = None
+        self._results: deque[tuple[VideoFrame, float]] = deque(maxlen=depth)
         self._ready = asyncio.Event()
         self._started_at: float | None = None
         self._last_pts = -1
-        self.frames_replaced = 0
+        self._last_sent: tuple[float, float] | None = None  # (wall time, camera time)
 
-    def offer(self, frame: VideoFrame) -> None:
-        """Make `frame` the next one to send; safe to call from any thread."""
-        self._event_loop.call_soon_threadsafe(self._put, frame)
+    def offer(self, frame: VideoFrame, captured_at: float) -> None:
+        """Queue `frame` (its camera frame arrived at `captured_at`); safe from any thread."""
+        self._event_loop.call_soon_threadsafe(self._put, frame, captured_at)
 
-    def _put(self, frame: VideoFrame) -> None:
-        if self._latest is not None:
-            self.frames_replaced += 1
-        self._latest = frame
+    def _put(self, frame: VideoFrame, captured_at: float) -> None:
+        self._results.append((frame, captured_at))
         self._ready.set()
 
     async def recv(self) -> VideoFrame:
-        while self._latest is None:
+        while not self._results:
             if self.readyState != "live":
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
         if self.readyState != "live":
             raise MediaStreamError
-        frame, self._latest = self._latest, None
-        frame.pts = self._next_pts()
+        await self._pace(self._results[0][1])
+        frame, captured_at = self._results.popleft()
+        now = time.monotonic()
+        self._last_sent = (now, captured_at)
+        frame.pts = self._next_pts(now)
         frame.time_base = VIDEO_TIME_BASE
         return frame
 
@@ -58,8 +63,15 @@ class StylizedTrack(MediaStreamTrack):
         super().stop()
         self._ready.set()
 
-    def _next_pts(self) -> int:
-        now = time.monotonic()
+    async def _pace(self, captured_at: float) -> None:
+        """Hold a frame of a batch until its camera spacing from the previous one has passed."""
+        if self._results.maxlen == 1 or self._last_sent is None:
+            return
+        sent_wall, sent_camera = self._last_sent
+        gap = min(max(captured_at - sent_camera, 0.0), MAX_PACING_GAP_S)
+        await asyncio.sleep(max(0.0, sent_wall + gap - time.monotonic()))
+
+    def _next_pts(self, now: float) -> int:
         if self._started_at is None:
             self._started_at = now
         pts = max(int((now - self._started_at) * VIDEO_CLOCK_RATE), self._last_pts + 1)

@@ -1,0 +1,58 @@
+"""Optional speed-ups, each behind a setting; where one cannot apply it says why and does nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from models.loading import DiffusionModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Accelerators:
+    channels_last: bool = True
+    compile: bool = False
+    stable_fast: bool = False
+
+
+def accelerate(model: DiffusionModel, wanted: Accelerators) -> list[str]:
+    """Apply what `wanted` asks for and the machine allows; returns the names applied."""
+    applied = []
+    on_gpu = model.device.type == "cuda"
+    if wanted.channels_last:
+        if on_gpu:
+            for module in (model.unet, model.autoencoder):
+                module.to(memory_format=torch.channels_last)
+            applied.append("channels_last")
+        else:
+            logger.info("channels_last: skipped on %s (it helps CUDA convolutions only)", model.device)
+    if wanted.stable_fast:
+        if not on_gpu:
+            logger.info("stable-fast: skipped on %s (it compiles for CUDA)", model.device)
+        elif importlib.util.find_spec("sfast") is None:
+            logger.info("stable-fast: skipped, the package is not installed (pip install stable-fast)")
+        else:
+            _stable_fast(model)
+            applied.append("stable_fast")
+    if wanted.compile and "stable_fast" not in applied:
+        for module in (model.unet, model.autoencoder.encoder, model.autoencoder.decoder):
+            module.compile(dynamic=False)
+        applied.append("compile")
+    logger.info("accelerators applied: %s", ", ".join(applied) or "none")
+    return applied
+
+
+def _stable_fast(model: DiffusionModel) -> None:
+    from sfast.compilers.diffusion_pipeline_compiler import CompilationConfig, compile_unet, compile_vae
+
+    config = CompilationConfig.Default()
+    config.enable_cuda_graph = True
+    config.enable_xformers = importlib.util.find_spec("xformers") is not None
+    config.enable_triton = importlib.util.find_spec("triton") is not None
+    model.unet = compile_unet(model.unet, config)
+    model.autoencoder = compile_vae(model.autoencoder, config)

@@ -1,0 +1,161 @@
+"""Loading a Stable Diffusion 1.5 model for the stream: UNet, text encoder, tokenizer,
+LCM scheduler settings and TAESD, from the hub, a local folder or a single .safetensors file,
+with an optional LoRA (e.g. LCM-LoRA) fused in."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import huggingface_hub
+import torch
+import transformers
+from diffusers import AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from models.tiny import write_tiny_model
+
+logger = logging.getLogger(__name__)
+
+TINY_MODEL = "tiny"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+OFFLINE_ERRORS = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+WHERE_WEIGHTS_COME_FROM = (
+    "Weights come from the Hugging Face hub on first run (then from its cache): check the id "
+    "and the network, set HF_TOKEN for gated models, or give a local diffusers folder or a "
+    ".safetensors file. `--model tiny` runs offline with a tiny random-weight model."
+)
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded for a reason the user can fix; the message says how."""
+
+
+@dataclass
+class DiffusionModel:
+    """What the stream loop needs of a model, on its device, in its dtype."""
+
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler_config: dict[str, Any]
+    autoencoder: AutoencoderTiny
+    device: torch.device
+    dtype: torch.dtype
+    name: str
+
+    @property
+    def guidance_embedding_dim(self) -> int | None:
+        """LCM-distilled UNets take the guidance scale as an embedding (no second pass)."""
+        dim = self.unet.config.time_cond_proj_dim
+        return int(dim) if dim is not None else None
+
+    @property
+    def latent_downscale(self) -> int:
+        return int(2 ** (len(self.autoencoder.config.encoder_block_out_channels) - 1))
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when there is a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {name}: no CUDA GPU is visible to PyTorch (use --device cpu)")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' is float16 on CUDA, float32 elsewhere (CPUs are slow or wrong in half precision)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def load_model(model: str, vae: str, lora: str | None, device: str, dtype: str) -> DiffusionModel:
+    """Load everything the stream needs; raises ModelLoadError with a message for the user."""
+    quiet_libraries()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if model == TINY_MODEL:
+        with tempfile.TemporaryDirectory(prefix="stylecam-tiny-") as folder:
+            model_folder, vae_folder = write_tiny_model(Path(folder))
+            return _load(str(model_folder), str(vae_folder), lora, torch_device, torch_dtype, TINY_MODEL)
+    return _load(model, vae, lora, torch_device, torch_dtype, model)
+
+
+def _load(
+    model: str, vae: str, lora: str | None, device: torch.device, dtype: torch.dtype, name: str
+) -> DiffusionModel:
+    logger.info("loading model %s with autoencoder %s on %s (%s)", name, vae, device, dtype)
+    autoencoder = _attempt(f"the autoencoder {vae!r}", AutoencoderTiny.from_pretrained, vae, dtype=dtype)
+    options: dict[str, Any] = {
+        "vae": autoencoder,
+        "dtype": dtype,
+        "safety_checker": None,
+        "requires_safety_checker": False,
+        "feature_extractor": None,
+    }
+    if model.endswith(SINGLE_FILE_SUFFIXES):
+        if not Path(model).is_file():
+            raise ModelLoadError(f"model file not found: {model}")
+        pipeline = _attempt(f"the model file {model!r}", StableDiffusionPipeline.from_single_file, model, **options)
+    else:
+        pipeline = _attempt(f"the model {model!r}", StableDiffusionPipeline.from_pretrained, model, **options)
+    if lora:
+        _attempt(f"the LoRA {lora!r}", pipeline.load_lora_weights, lora)
+        pipeline.fuse_lora()
+        pipeline.unload_lora_weights()
+        logger.info("fused LoRA %s", lora)
+    pipeline.to(device)
+    for module in (pipeline.unet, pipeline.text_encoder, autoencoder):
+        module.eval().requires_grad_(False)
+    return DiffusionModel(
+        unet=pipeline.unet,
+        text_encoder=pipeline.text_encoder,
+        tokenizer=pipeline.tokenizer,
+        scheduler_config=dict(pipeline.scheduler.config),
+        autoencoder=autoencoder,
+        device=device,
+        dtype=dtype,
+        name=name,
+    )
+
+
+def _attempt(what: str, load: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a diffusers loader; turn the many ways a download or a file can fail into one message."""
+    try:
+        return load(*args, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {what}: {_reason(exc)}\n{WHERE_WEIGHTS_COME_FROM}") from exc
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of the error, unless a network failure hides behind it: diffusers reports
+    an unreachable hub as a missing file."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(link, OFFLINE_ERRORS) or "connect" in type(link).__name__.lower() for link in chain):
+        return "the Hugging Face hub cannot be reached and the files are not in the local cache"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def quiet_libraries() -> None:
+    """No progress bars, retry chatter or advice meant for notebooks in a server's log."""
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
+    huggingface_hub.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

@@ -1,0 +1,121 @@
+"""The tiny offline model: SD 1.5's architecture in miniature, random weights from a fixed seed.
+
+It is written to a folder in diffusers' layout (a CLIP tokenizer included) and loaded back
+through the same code as a real model, so tests exercise every line of loading and
+inference without a download. Its pictures are noise-like: it proves the plumbing and the
+math, not the art.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderTiny, LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TINY_SEED = 0
+TEXT_HIDDEN = 32
+GUIDANCE_EMBEDDING_DIM = 32  # a time_cond_proj_dim makes it an LCM-distilled UNet (w-embedding)
+TOKENIZER_MAX_LENGTH = 77  # as CLIP's: prompts are padded to it
+MERGES = ["t h", "th e</w>", "a n", "o r", "i n", "e r</w>", "p o", "r t"]
+
+# LCM-Dreamshaper-v7's scheduler settings: the SD 1.5 noise schedule.
+SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "original_inference_steps": 50,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": True,
+    "steps_offset": 1,
+    "timestep_scaling": 10.0,
+    "clip_sample": False,
+    "thresholding": False,
+}
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins for bytes that CLIP's byte-level BPE uses."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [byte for byte in range(256) if byte not in printable]
+    return [chr(code) for code in printable] + [chr(256 + n) for n in range(len(extra))]
+
+
+def write_tokenizer(folder: Path) -> None:
+    """A CLIP tokenizer whose vocabulary holds every byte, so any prompt tokenizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    alphabet = _byte_alphabet()
+    for token in [*alphabet, *(char + "</w>" for char in alphabet), *(m.replace(" ", "") for m in MERGES)]:
+        vocab.setdefault(token, len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": TOKENIZER_MAX_LENGTH}))
+
+
+def tiny_unet() -> UNet2DConditionModel:
+    torch.manual_seed(TINY_SEED)
+    return UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        time_cond_proj_dim=GUIDANCE_EMBEDDING_DIM,
+    )
+
+
+def tiny_autoencoder() -> AutoencoderTiny:
+    """TAESD's shape with few channels: four blocks, the real 8x downscale, 4 latent channels."""
+    torch.manual_seed(TINY_SEED)
+    return AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+        latent_channels=4,
+    )
+
+
+def tiny_text_encoder(vocab_size: int) -> CLIPTextModel:
+    torch.manual_seed(TINY_SEED)
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=TOKENIZER_MAX_LENGTH,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    return CLIPTextModel(config)
+
+
+def write_tiny_model(folder: Path) -> tuple[Path, Path]:
+    """Write the tiny model to `folder`; returns (model folder, TAESD folder) for the loader."""
+    tokenizer_folder = folder / "tokenizer"
+    write_tokenizer(tokenizer_folder)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder)
+    autoencoder = tiny_autoencoder()
+    pipeline = StableDiffusionPipeline(
+        vae=autoencoder,
+        text_encoder=tiny_text_encoder(len(tokenizer)),
+        tokenizer=tokenizer,
+        unet=tiny_unet(),
+        scheduler=LCMScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder)
+    return folder, folder / "vae"

@@ -1,0 +1,123 @@
+"""The diffusion transform: LCM img2img with TAESD as four engine stages.
+
+prepare (camera frame -> pixels on the device) -> encode (TAESD) -> denoise (UNet, LCM
+steps, one batched call per step for all frames waiting, each with its own session's
+prompt, guidance and noise) -> decode (TAESD -> VideoFrame).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from models.lcm import LcmSchedule
+from models.stream import FrameCondition, LcmStream
+from transforms.base import FrameJob, Stage, Transform
+from transforms.engine import EngineSession
+from transforms.frames import frame_to_rgb, rgb_to_frame
+from transforms.params import StyleParams
+
+GroupKey = tuple[int, float, float | None]
+
+
+class DiffusionStage(Stage):
+    """A stage that runs torch work without autograd bookkeeping, in its own thread."""
+
+    def __init__(self, stream: LcmStream) -> None:
+        self.stream = stream
+
+    def process(self, jobs: Sequence[FrameJob]) -> None:
+        with torch.inference_mode():
+            self.run(jobs)
+
+    def run(self, jobs: Sequence[FrameJob]) -> None:
+        raise NotImplementedError
+
+
+class PrepareStage(DiffusionStage):
+    name = "prepare"
+
+    def __init__(self, stream: LcmStream, width: int, height: int) -> None:
+        super().__init__(stream)
+        self._size = (width, height)
+
+    def run(self, jobs: Sequence[FrameJob]) -> None:
+        pixels = np.stack([frame_to_rgb(job.data, *self._size) for job in jobs])
+        for job, tensor in zip(jobs, self.stream.to_input(pixels).split(1), strict=True):
+            job.data = tensor
+
+
+class EncodeStage(DiffusionStage):
+    name = "encode"
+
+    def run(self, jobs: Sequence[FrameJob]) -> None:
+        latents = self.stream.encode(torch.cat([job.data for job in jobs]))
+        for job, latent in zip(jobs, latents.split(1), strict=True):
+            job.data = latent
+
+
+class DenoiseStage(DiffusionStage):
+    """Frames that share a schedule (and, with classic guidance, a scale) share UNet calls."""
+
+    name = "denoise"
+
+    def __init__(self, stream: LcmStream, width: int, height: int) -> None:
+        super().__init__(stream)
+        self._size = (width, height)
+
+    def run(self, jobs: Sequence[FrameJob]) -> None:
+        groups: dict[GroupKey, list[FrameJob]] = defaultdict(list)
+        for job in jobs:
+            groups[self._group_key(job.params)].append(job)
+        for group in groups.values():
+            params = group[0].params
+            schedule: LcmSchedule = self.stream.schedule(params.steps, params.strength)
+            conditions = [condition(self.stream, job.params, *self._size) for job in group]
+            latents = self.stream.denoise(torch.cat([job.data for job in group]), schedule, conditions)
+            for job, latent in zip(group, latents.split(1), strict=True):
+                job.data = latent
+
+    def _group_key(self, params: StyleParams) -> GroupKey:
+        shared_scale = params.guidance_scale if self.stream.classic_guidance(params.guidance_scale) else None
+        return params.steps, params.strength, shared_scale
+
+
+class DecodeStage(DiffusionStage):
+    name = "decode"
+
+    def run(self, jobs: Sequence[FrameJob]) -> None:
+        pictures = self.stream.to_uint8(self.stream.decode(torch.cat([job.data for job in jobs])))
+        for job, picture in zip(jobs, pictures, strict=True):
+            job.data = rgb_to_frame(picture)
+
+
+def condition(stream: LcmStream, params: StyleParams, width: int, height: int) -> FrameCondition:
+    """A frame's conditioning; every part comes from the stream's caches once prepared."""
+    return stream.condition(params.prompt, params.negative_prompt, params.guidance_scale, params.seed, height, width)
+
+
+class DiffusionTransform(Transform):
+    name = "diffusion"
+    model_stage = DenoiseStage.name
+
+    def __init__(self, stream: LcmStream, width: int, height: int) -> None:
+        self.stream = stream
+        self.device = str(stream.model.device)
+        self._size = (width, height)
+
+    def stages(self) -> list[Stage]:
+        return [
+            PrepareStage(self.stream, *self._size),
+            EncodeStage(self.stream),
+            DenoiseStage(self.stream, *self._size),
+            DecodeStage(self.stream),
+        ]
+
+    def prepare_params(self, session: EngineSession, params: StyleParams) -> None:
+        """Encode the prompt, draw the noise and compute the schedule before the params go live,
+        so the next frame finds them ready and the stream never stalls on a prompt change."""
+        self.stream.schedule(params.steps, params.strength)
+        condition(self.stream, params, *self._size)
