@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -94,21 +95,36 @@ def read_index(gray: np.ndarray, source_size: tuple[int, int] = SOURCE_SIZE) -> 
     return sum(bit << position for position, bit in enumerate(index_bits))
 
 
-class IndexedCamera(MediaStreamTrack):
-    """A paced synthetic camera: a moving scene with the frame index painted in its middle."""
+class SyntheticCamera(MediaStreamTrack):
+    """A paced synthetic camera, in one of three scenes:
+
+    - "index": a moving ball, and the frame index painted in the middle (latency per frame
+      for structure-keeping transforms);
+    - "still": the same picture every frame (a person sitting still);
+    - "toggle": two very different pictures, switching every `toggle_s` seconds; the switch
+      times are kept, and any deterministic transform (diffusion with fixed noise too)
+      shows the switch in its output (latency per switch).
+    """
 
     kind = "video"
 
-    def __init__(self, fps: float = 30.0, size: tuple[int, int] = SOURCE_SIZE) -> None:
+    def __init__(
+        self, fps: float = 30.0, scene: str = "index", toggle_s: float = 1.0, size: tuple[int, int] = SOURCE_SIZE
+    ) -> None:
         super().__init__()
         self.fps = fps
+        self.scene = scene
         self.size = size
         self.sent_at: dict[int, float] = {}
+        self.switched_at: list[float] = []
         self.frames_sent = 0
+        self._frames_per_phase = max(1, round(toggle_s * fps))
         self._started_at: float | None = None
         gradient = np.linspace(40, 200, size[0], dtype=np.uint8)
         self._background = np.dstack([np.tile(gradient, (size[1], 1))] * 3)
         self._background[..., 2] = 120
+        self._alternate = 255 - self._background[:, ::-1]
+        self._alternate[::24] = 0
 
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
@@ -118,16 +134,46 @@ class IndexedCamera(MediaStreamTrack):
         index = self.frames_sent
         due = self._started_at + index / self.fps
         await asyncio.sleep(max(0.0, due - time.monotonic()))
+        frame = VideoFrame.from_ndarray(self._picture(index), format="rgb24")
+        frame.pts = int(index * CLOCK_RATE / self.fps)
+        frame.time_base = Fraction(1, CLOCK_RATE)
+        now = time.monotonic()
+        self.sent_at[index % INDEX_MODULUS] = now
+        if self.scene == "toggle" and index and index % self._frames_per_phase == 0:
+            self.switched_at.append(now)
+        self.frames_sent += 1
+        return frame
+
+    def _picture(self, index: int) -> np.ndarray:
+        if self.scene == "still":
+            return self._background
+        if self.scene == "toggle":
+            return self._alternate if (index // self._frames_per_phase) % 2 else self._background
         image = self._background.copy()
         x = int((index * 4) % self.size[0])
         cv2.circle(image, (x, self.size[1] // 4), 30, (230, 60, 60), -1)
         paint_index(image, index)
-        frame = VideoFrame.from_ndarray(image, format="rgb24")
-        frame.pts = int(index * CLOCK_RATE / self.fps)
-        frame.time_base = Fraction(1, CLOCK_RATE)
-        self.sent_at[index % INDEX_MODULUS] = time.monotonic()
-        self.frames_sent += 1
-        return frame
+        return image
+
+
+def switch_latencies(frames: list[ReceivedFrame], switched_at: list[float]) -> list[float]:
+    """Seconds from each camera switch to the output frame that shows it (toggle scene).
+
+    A switch shows as an output frame much unlike the one before it; the n-th such change
+    belongs to the n-th switch (nothing is reordered, and each phase lasts many frames).
+    Switches before the first output frame are ignored.
+    """
+    changes = [
+        (later.at, float(np.abs(later.thumbnail - earlier.thumbnail).mean()))
+        for earlier, later in itertools.pairwise(frames)
+    ]
+    if not changes:
+        return []
+    strongest = sorted(size for _, size in changes)[-max(1, len(switched_at)) :]
+    threshold = 0.5 * float(np.median(strongest))
+    shown = [at for at, size in changes if size > threshold]
+    pending = [at for at in switched_at if at > frames[0].at]
+    return [seen - switched for switched, seen in zip(pending, shown, strict=False)]
 
 
 @dataclass
@@ -137,6 +183,7 @@ class ReceivedFrame:
     height: int
     index: int | None
     latency_s: float | None
+    thumbnail: np.ndarray  # 32 x 32 gray, float: enough to see a scene change
 
 
 class OfferRefused(RuntimeError):
@@ -153,6 +200,7 @@ class StreamClient:
     base_url: str
     params: dict[str, Any] | None = None
     fps: float = 30.0
+    scene: str = "index"
     token: str | None = None
     keep_images: bool = False
     received: list[ReceivedFrame] = field(default_factory=list)
@@ -162,7 +210,7 @@ class StreamClient:
     session_id: str | None = None
 
     def __post_init__(self) -> None:
-        self.camera = IndexedCamera(self.fps)
+        self.camera = SyntheticCamera(self.fps, self.scene)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.control: RTCDataChannel = self.pc.createDataChannel("control")
         self._replies: deque[asyncio.Future[dict[str, Any]]] = deque()
@@ -237,9 +285,11 @@ class StreamClient:
                 frame = await track.recv()
                 assert isinstance(frame, VideoFrame)
                 now = time.monotonic()
-                index = read_index(frame.to_ndarray(format="gray"))
+                gray = frame.to_ndarray(format="gray")
+                index = read_index(gray)
                 sent = self.camera.sent_at.get(index) if index is not None else None
                 latency = now - sent if sent is not None and sent <= now else None
-                self.received.append(ReceivedFrame(now, frame.width, frame.height, index, latency))
+                thumbnail = cv2.resize(gray, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+                self.received.append(ReceivedFrame(now, frame.width, frame.height, index, latency, thumbnail))
                 if self.keep_images:
                     self.last_image = frame.to_ndarray(format="rgb24")

@@ -95,9 +95,8 @@ def _load(
     model: str, vae: str, lora: str | None, device: torch.device, dtype: torch.dtype, name: str
 ) -> DiffusionModel:
     logger.info("loading model %s with autoencoder %s on %s (%s)", name, vae, device, dtype)
-    autoencoder = _attempt(f"the autoencoder {vae!r}", AutoencoderTiny.from_pretrained, vae, dtype=dtype)
     options: dict[str, Any] = {
-        "vae": autoencoder,
+        "vae": None,  # TAESD replaces SD's autoencoder: never download or load the big one
         "dtype": dtype,
         "safety_checker": None,
         "requires_safety_checker": False,
@@ -114,7 +113,9 @@ def _load(
         pipeline.fuse_lora()
         pipeline.unload_lora_weights()
         logger.info("fused LoRA %s", lora)
+    autoencoder = _attempt(f"the autoencoder {vae!r}", AutoencoderTiny.from_pretrained, vae, dtype=dtype)
     pipeline.to(device)
+    autoencoder.to(device)
     for module in (pipeline.unet, pipeline.text_encoder, autoencoder):
         module.eval().requires_grad_(False)
     return DiffusionModel(
@@ -146,7 +147,7 @@ def _reason(error: BaseException) -> str:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
     if any(isinstance(link, OFFLINE_ERRORS) or "connect" in type(link).__name__.lower() for link in chain):
-        return "the Hugging Face hub cannot be reached and the files are not in the local cache"
+        return "the Hugging Face hub cannot be reached (or HF_HUB_OFFLINE is set) and the files are not in its cache"
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 

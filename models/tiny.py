@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import torch
 from diffusers import AutoencoderTiny, LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -56,9 +57,23 @@ def write_tokenizer(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": TOKENIZER_MAX_LENGTH}))
 
 
-def tiny_unet() -> UNet2DConditionModel:
+def variance_preserving(module: torch.nn.Module, nonlinearity: Literal["linear", "relu"]) -> None:
+    """Re-draw conv and linear weights so signals keep their scale through the layers.
+
+    With PyTorch's default init a random model's output hardly depends on its input or
+    prompt; tests need a model whose output changes when they do.
+    """
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Conv2d | torch.nn.Linear):
+            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity=nonlinearity)
+            if layer.bias is not None:
+                torch.nn.init.zeros_(layer.bias)
+
+
+def tiny_unet(guidance_embedding: bool = True) -> UNet2DConditionModel:
+    """An LCM-distilled-like UNet (w-embedding), or without it: like SD 1.5 with LCM-LoRA."""
     torch.manual_seed(TINY_SEED)
-    return UNet2DConditionModel(
+    unet = UNet2DConditionModel(
         sample_size=64,
         in_channels=4,
         out_channels=4,
@@ -69,20 +84,24 @@ def tiny_unet() -> UNet2DConditionModel:
         cross_attention_dim=TEXT_HIDDEN,
         attention_head_dim=8,
         norm_num_groups=8,
-        time_cond_proj_dim=GUIDANCE_EMBEDDING_DIM,
+        time_cond_proj_dim=GUIDANCE_EMBEDDING_DIM if guidance_embedding else None,
     )
+    variance_preserving(unet, "linear")
+    return unet
 
 
 def tiny_autoencoder() -> AutoencoderTiny:
     """TAESD's shape with few channels: four blocks, the real 8x downscale, 4 latent channels."""
     torch.manual_seed(TINY_SEED)
-    return AutoencoderTiny(
+    autoencoder = AutoencoderTiny(
         encoder_block_out_channels=(8, 8, 8, 8),
         decoder_block_out_channels=(8, 8, 8, 8),
         num_encoder_blocks=(1, 1, 1, 1),
         num_decoder_blocks=(1, 1, 1, 1),
         latent_channels=4,
     )
+    variance_preserving(autoencoder, "relu")
+    return autoencoder
 
 
 def tiny_text_encoder(vocab_size: int) -> CLIPTextModel:

@@ -159,3 +159,21 @@ def test_delay_ms_slows_the_model_stage() -> None:
         time.sleep(0.2)
     assert 10 <= len(collector.results) <= 17
     assert engine.snapshot()["stages"]["b"]["ms"] >= 95
+
+
+def test_frames_per_batch_trades_latency_for_throughput() -> None:
+    """The `batch` setting: k camera frames of a session share each model call."""
+    results = {}
+    for frames_per_batch in (1, 3):
+        stage = SleepStage("b", 0.1)
+        engine = FrameEngine(SleepTransform(stage), frames_per_batch=frames_per_batch)
+        with running(engine):
+            session, collector = open_session(engine)
+            feed(engine, [session], seconds=2)
+            time.sleep(0.3)
+        latencies = [done - job.received_at for done, job in collector.results[3:]]
+        results[frames_per_batch] = (len(collector.results), statistics.median(latencies), stage.batch_sizes)
+    (single, single_latency, _), (batched, batched_latency, sizes) = results[1], results[3]
+    assert set(sizes) == {3}
+    assert batched >= 2.5 * single
+    assert batched_latency > single_latency
