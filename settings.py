@@ -83,6 +83,20 @@ class Settings(BaseSettings):
     channels_last: bool = Field(True, description="channels-last memory layout on CUDA")
     compile: bool = Field(False, description="torch.compile the UNet and TAESD (slow first frames)")
     stable_fast: bool = Field(False, description="compile with stable-fast when it is installed (CUDA)")
+    cuda_graphs: bool = Field(True, description="replay each model stage as a CUDA graph (CUDA only)")
+    stream_batch: bool = Field(
+        False,
+        description="denoise the steps of consecutive frames in one UNet call: one UNet call per frame "
+        "at full-step quality, output (UNet evaluations - 1) frames later",
+    )
+    similarity_threshold: float = Field(
+        1.0,
+        ge=0,
+        le=255,
+        description="a camera frame this close (mean gray difference) to the last processed one repeats "
+        "the last output instead of running the model; 0 turns the filter off",
+    )
+    max_skips: int = Field(10, ge=0, le=300, description="at most this many repeated outputs in a row")
     width: int = Field(512, ge=64, le=2048, multiple_of=8, description="processing width (px)")
     height: int = Field(512, ge=64, le=2048, multiple_of=8, description="processing height (px)")
     delay_ms: float = Field(0.0, ge=0, le=10_000, description="extra processing time per batch, to model a slow GPU")

@@ -107,3 +107,20 @@ def test_prompts_are_encoded_once_not_per_frame(
         for stage in stages:
             stage.process(jobs)
     assert len(count_text_encoder_calls) == 1, "frames reuse the prompt's embeddings"
+
+
+def test_stream_batch_matches_the_full_loop_for_still_sessions(model: DiffusionModel) -> None:
+    """Two sessions in stream-batch mode: after priming, each still camera gets the full loop's picture."""
+    regular = DiffusionTransform(LcmStream(model), SIZE, SIZE)
+    streamed = DiffusionTransform(LcmStream(model), SIZE, SIZE, stream_batch=True)
+    first, second = StyleParams(seed=1), StyleParams(prompt="claymation", seed=2, steps=3, strength=1.0)
+    expected = run(regular, [job(first, "a"), job(second, "b")])
+    sessions = [session("a", first), session("b", second)]
+    stages = streamed.stages()
+    for _ in range(3):
+        jobs = [FrameJob(s, 1, 0.0, s.params, camera_frame()) for s in sessions]
+        for stage in stages:
+            stage.process(jobs)
+        pictures = [j.data.to_ndarray(format="rgb24").astype(np.int16) for j in jobs]
+        for picture, reference in zip(pictures, expected, strict=True):
+            assert np.abs(picture - reference).max() <= 2

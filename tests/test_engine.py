@@ -8,9 +8,13 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
+import pytest
+
 from transforms.base import FrameJob, Stage, Transform
 from transforms.engine import EngineSession, FrameEngine
 from transforms.params import StyleParams
+from transforms.similarity import SimilarityFilter
 
 
 class SleepStage(Stage):
@@ -177,3 +181,41 @@ def test_frames_per_batch_trades_latency_for_throughput() -> None:
     assert set(sizes) == {3}
     assert batched >= 2.5 * single
     assert batched_latency > single_latency
+
+
+class StillOrMoving:
+    """Camera frames (av.VideoFrame) of a still picture, or of a moving one."""
+
+    def __init__(self, moving: bool) -> None:
+        self.moving = moving
+        self.index = 0
+
+    def next(self) -> object:
+        from av import VideoFrame
+
+        picture = np.full((120, 160, 3), 90, np.uint8)
+        if self.moving:
+            picture[:, (self.index * 7) % 160 :][:, :20] = 250
+        self.index += 1
+        return VideoFrame.from_ndarray(picture, format="rgb24")
+
+
+@pytest.mark.parametrize("moving", [False, True])
+def test_similarity_filter_skips_a_still_scene_never_motion(moving: bool) -> None:
+    stage = SleepStage("b", 0.01)
+    engine = FrameEngine(SleepTransform(stage), similarity=SimilarityFilter(threshold=1.0, max_skips=5))
+    camera = StillOrMoving(moving)
+    with running(engine):
+        session, collector = open_session(engine)
+        start = time.monotonic()
+        for index in range(60):
+            time.sleep(max(0.0, start + index / 30 - time.monotonic()))
+            engine.submit(session, camera.next())
+        time.sleep(0.2)
+    delivered = len(collector.results)
+    assert delivered >= 50, "every frame still gets an answer"
+    if moving:
+        assert session.frames_skipped == 0 and stage.calls == delivered
+    else:
+        assert session.frames_skipped >= 0.75 * delivered, "a still scene costs a fraction"
+        assert stage.calls >= delivered / 6, "but is recomputed after max_skips"

@@ -98,3 +98,22 @@ def test_at_least_one_unet_evaluation_runs(model: DiffusionModel) -> None:
     assert unet_evaluations(4, 0.1) == 1
     assert stream.schedule(4, 0.1).timesteps == stream.schedule(4, 1.0).timesteps[-1:]
     assert len(stream.schedule(4, 0.5).steps) == 2
+
+
+@pytest.mark.parametrize(("steps", "strength"), [(4, 0.5), (4, 1.0), (3, 1.0)])
+def test_stream_batch_gives_the_loops_picture_for_a_still_camera(
+    model: DiffusionModel, camera: np.ndarray, steps: int, strength: float
+) -> None:
+    """Stream batch: each frame takes one step per call in a batch with the frames before it;
+    for a still camera (and the session's fixed noise) the result is the full loop's."""
+    stream = LcmStream(model)
+    schedule = stream.schedule(steps, strength)
+    with torch.inference_mode():
+        condition = stream.condition("a watercolor portrait", "", 1.0, 42, SIZE, SIZE)
+        latents = stream.encode(stream.to_input(camera[None]))
+        expected = stream.denoise(latents, schedule, [condition])
+        pending = stream.stream_prime(latents, schedule, [condition])
+        assert pending.shape[1] == len(schedule.steps) - 1
+        for _ in range(3):
+            finished, pending = stream.stream_denoise(latents, pending, schedule, [condition])
+            assert torch.allclose(finished, expected, atol=1e-4)

@@ -23,6 +23,7 @@ class FrameJob:
     received_at: float
     params: StyleParams
     data: Any
+    repeat: bool = False  # the similarity filter found it unchanged: stages skip it, the last output goes out
 
 
 class Stage(ABC):

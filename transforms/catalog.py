@@ -13,6 +13,7 @@ from transforms.diffusion import DiffusionTransform
 from transforms.engine import FrameEngine
 from transforms.filters import FILTERS, FilterTransform
 from transforms.host import TransformLoadError
+from transforms.similarity import SimilarityFilter
 
 
 def _filter_factory(name: str) -> Callable[[Settings], Transform]:
@@ -32,7 +33,8 @@ def build_diffusion(settings: Settings) -> Transform:
         model,
         Accelerators(channels_last=settings.channels_last, compile=settings.compile, stable_fast=settings.stable_fast),
     )
-    return DiffusionTransform(LcmStream(model), settings.width, settings.height)
+    stream = LcmStream(model, cuda_graphs=settings.cuda_graphs)
+    return DiffusionTransform(stream, settings.width, settings.height, stream_batch=settings.stream_batch)
 
 
 TRANSFORMS: dict[str, Callable[[Settings], Transform]] = {
@@ -44,6 +46,13 @@ TRANSFORMS: dict[str, Callable[[Settings], Transform]] = {
 def build_engine(settings: Settings) -> FrameEngine:
     """The configured transform inside a frame engine (not started yet)."""
     transform = TRANSFORMS[settings.transform](settings)
+    similarity = (
+        SimilarityFilter(settings.similarity_threshold, settings.max_skips) if settings.similarity_threshold else None
+    )
     return FrameEngine(
-        transform, max_batch=settings.max_batch, delay_ms=settings.delay_ms, frames_per_batch=settings.batch
+        transform,
+        max_batch=settings.max_batch,
+        delay_ms=settings.delay_ms,
+        frames_per_batch=settings.batch,
+        similarity=similarity,
     )

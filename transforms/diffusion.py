@@ -21,6 +21,7 @@ from transforms.frames import frame_to_rgb, rgb_to_frame
 from transforms.params import StyleParams
 
 GroupKey = tuple[int, float, float | None]
+PENDING = "stream_batch_pending"  # a session's partly denoised latents (stream batch)
 
 
 class DiffusionStage(Stage):
@@ -64,9 +65,10 @@ class DenoiseStage(DiffusionStage):
 
     name = "denoise"
 
-    def __init__(self, stream: LcmStream, width: int, height: int) -> None:
+    def __init__(self, stream: LcmStream, width: int, height: int, stream_batch: bool) -> None:
         super().__init__(stream)
         self._size = (width, height)
+        self._stream_batch = stream_batch
 
     def run(self, jobs: Sequence[FrameJob]) -> None:
         groups: dict[GroupKey, list[FrameJob]] = defaultdict(list)
@@ -76,9 +78,29 @@ class DenoiseStage(DiffusionStage):
             params = group[0].params
             schedule: LcmSchedule = self.stream.schedule(params.steps, params.strength)
             conditions = [condition(self.stream, job.params, *self._size) for job in group]
-            latents = self.stream.denoise(torch.cat([job.data for job in group]), schedule, conditions)
+            latents = torch.cat([job.data for job in group])
+            if self._stream_batch and len(schedule.steps) > 1:
+                latents = self._stream_step(group, latents, schedule, conditions)
+            else:
+                latents = self.stream.denoise(latents, schedule, conditions)
             for job, latent in zip(group, latents.split(1), strict=True):
                 job.data = latent
+
+    def _stream_step(
+        self, group: list[FrameJob], latents: torch.Tensor, schedule: LcmSchedule, conditions: list[FrameCondition]
+    ) -> torch.Tensor:
+        """Stream batch: each session's partly denoised frames advance together with the new one.
+        A session's first frame (or first after a params change) primes its pipeline."""
+        pending = []
+        for job, latent, frame_condition in zip(group, latents.split(1), conditions, strict=True):
+            carried = job.session.carry.get(PENDING)
+            if carried is None or carried[0] != job.params:
+                carried = (job.params, self.stream.stream_prime(latent, schedule, [frame_condition]))
+            pending.append(carried[1])
+        finished, advanced = self.stream.stream_denoise(latents, torch.cat(pending), schedule, conditions)
+        for job, carried_on in zip(group, advanced.split(1), strict=True):
+            job.session.carry[PENDING] = (job.params, carried_on)
+        return finished
 
     def _group_key(self, params: StyleParams) -> GroupKey:
         shared_scale = params.guidance_scale if self.stream.classic_guidance(params.guidance_scale) else None
@@ -103,16 +125,17 @@ class DiffusionTransform(Transform):
     name = "diffusion"
     model_stage = DenoiseStage.name
 
-    def __init__(self, stream: LcmStream, width: int, height: int) -> None:
+    def __init__(self, stream: LcmStream, width: int, height: int, stream_batch: bool = False) -> None:
         self.stream = stream
         self.device = str(stream.model.device)
         self._size = (width, height)
+        self._stream_batch = stream_batch
 
     def stages(self) -> list[Stage]:
         return [
             PrepareStage(self.stream, *self._size),
             EncodeStage(self.stream),
-            DenoiseStage(self.stream, *self._size),
+            DenoiseStage(self.stream, *self._size, stream_batch=self._stream_batch),
             DecodeStage(self.stream),
         ]
 

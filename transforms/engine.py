@@ -23,6 +23,7 @@ from typing import Any
 from transforms.base import DelayedStage, FrameJob, Stage, Transform
 from transforms.meters import LatencyMeter, MovingAverage, RateMeter
 from transforms.params import StyleParams
+from transforms.similarity import SimilarityFilter, SimilarityState
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,15 @@ class EngineSession:
     frames_in: int = 0
     frames_dropped: int = 0
     frames_out: int = 0
+    frames_skipped: int = 0
     errors: int = 0
     last_error: str | None = None
     closed: bool = False
     output_rate: RateMeter = field(default_factory=RateMeter)
     latency: LatencyMeter = field(default_factory=LatencyMeter)
+    similarity: SimilarityState = field(default_factory=SimilarityState)
+    last_output: Any = None
+    carry: dict[str, Any] = field(default_factory=dict)  # what a transform keeps between frames
     _pending: deque[tuple[Any, float]] = field(default_factory=deque)
     _inflight: int = 0
     _queued: int = 0
@@ -65,6 +70,7 @@ class EngineSession:
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "dropped": self.frames_dropped,
+            "skipped": self.frames_skipped,
             "errors": self.errors,
             "last_error": self.last_error,
         }
@@ -94,9 +100,11 @@ class FrameEngine:
         delay_ms: float = 0.0,
         max_inflight: int | None = None,
         frames_per_batch: int = 1,
+        similarity: SimilarityFilter | None = None,
     ) -> None:
         """`frames_per_batch` consecutive camera frames of a session enter together (the
-        `batch` setting): more throughput per model call, one batch more latency."""
+        `batch` setting): more throughput per model call, one batch more latency.
+        `similarity` lets near-identical camera frames skip every stage."""
         self.transform = transform
         stages = transform.stages()
         if delay_ms > 0:
@@ -114,7 +122,8 @@ class FrameEngine:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self.output_rate = RateMeter()
-        self.totals = {"frames_in": 0, "frames_dropped": 0, "frames_out": 0, "errors": 0}
+        self._similarity = similarity
+        self.totals = {"frames_in": 0, "frames_dropped": 0, "frames_out": 0, "frames_skipped": 0, "errors": 0}
 
     @property
     def stage_names(self) -> list[str]:
@@ -287,17 +296,23 @@ class FrameEngine:
         state = self._stages[index]
         started = time.monotonic()
         try:
-            state.stage.process(jobs)
+            if index == 0 and self._similarity is not None:
+                for job in jobs:
+                    job.repeat = self._similarity.is_repeat(job.session.similarity, job.data, job.params)
+            work = [job for job in jobs if not job.repeat]
+            if work:
+                state.stage.process(work)
         except Exception as exc:
             self._fail(state, jobs, exc)
             return
         finished = time.monotonic()
         last = index == len(self._stages) - 1
         with self._lock:
-            state.duration.add(finished - started)
+            if work:
+                state.duration.add(finished - started)
+                state.batches += 1
+                state.jobs += len(work)
             state.busy_until = finished
-            state.batches += 1
-            state.jobs += len(jobs)
             if not last:
                 live = [job for job in jobs if not job.session.closed]
                 for job in live:
@@ -319,6 +334,13 @@ class FrameEngine:
             session = job.session
             if session.closed:
                 continue
+            if job.repeat:
+                if session.last_output is None:
+                    continue
+                job.data = session.last_output
+                session.frames_skipped += 1
+                self.totals["frames_skipped"] += 1
+            session.last_output = job.data
             session.frames_out += 1
             self.totals["frames_out"] += 1
             session.output_rate.tick(now)
