@@ -1,0 +1,339 @@
+"""Time per frame: our stream loop against diffusers' img2img pipeline called once per frame.
+
+Both get the same components, device, dtype, size, steps, strength, guidance and fixed
+noise, and both go from a camera picture in host memory to a picture in host memory. The
+architectures need no download: `tiny` (the test model) or `sd15` (SD 1.5's UNet with an
+LCM w-embedding, TAESD and CLIP ViT-L text encoder, built from their configs with random
+weights: the real speed, not the real pictures). Also counts the FLOPs of one frame and,
+given --peak-tflops, the time the hardware allows at best. Prints a table, writes JSON.
+
+    python -m bench.model --arch tiny
+    python -m bench.model --arch sd15 --device cuda --size 512 --peak-tflops 790
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderTiny, LCMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from models.lcm import unet_evaluations
+from models.loading import DiffusionModel, load_model, resolve_device, resolve_dtype
+from models.stream import LcmStream
+from models.tiny import SCHEDULER_CONFIG, write_tokenizer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROMPT = "a watercolor portrait, soft light"
+SEED = 42
+SD15_GUIDANCE_EMBEDDING_DIM = 256  # LCM-Dreamshaper-v7's UNet
+
+FrameRunner = Callable[[list[np.ndarray]], None]
+
+
+def build_sd15(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
+    """SD 1.5's architecture (as LCM-Dreamshaper-v7: with a w-embedding) with random weights."""
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=64, cross_attention_dim=768, time_cond_proj_dim=SD15_GUIDANCE_EMBEDDING_DIM
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_attention_heads=12,
+                num_hidden_layers=12,
+                hidden_act="quick_gelu",
+            )
+        )
+        autoencoder = AutoencoderTiny()
+    folder = Path(tempfile.mkdtemp(prefix="stylecam-bench-"))
+    write_tokenizer(folder)
+    for module in (unet, text_encoder, autoencoder):
+        module.to(dtype=dtype).eval().requires_grad_(False)
+    return DiffusionModel(
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(folder),
+        scheduler_config=dict(SCHEDULER_CONFIG),
+        autoencoder=autoencoder,
+        device=device,
+        dtype=dtype,
+        name="sd15",
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_frames(runner: FrameRunner, frames: list[np.ndarray], batch: int, count: int, warmup: int) -> float:
+    """Seconds per call of `runner` on `batch` frames, after `warmup` calls."""
+    for index in range(warmup):
+        runner([frames[(index + k) % len(frames)] for k in range(batch)])
+    started = time.perf_counter()
+    for index in range(count):
+        runner([frames[(index + k) % len(frames)] for k in range(batch)])
+    return (time.perf_counter() - started) / count
+
+
+def stock_pipeline(model: DiffusionModel, args: argparse.Namespace) -> FrameRunner:
+    """What a user would write: the img2img pipeline, once per frame."""
+    pipeline = StableDiffusionImg2ImgPipeline(
+        vae=model.autoencoder,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=LCMScheduler.from_config(model.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+
+    def run(frames: list[np.ndarray]) -> None:
+        generator = torch.Generator(model.device).manual_seed(SEED)
+        pipeline(
+            PROMPT,
+            image=Image.fromarray(frames[0]),
+            strength=args.strength,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            generator=generator,
+        ).images[0].tobytes()
+
+    return run
+
+
+def our_loop(stream: LcmStream, args: argparse.Namespace, stream_batch: bool = False) -> FrameRunner:
+    """Our stages back to back for a batch of frames (one session each)."""
+    schedule = stream.schedule(args.steps, args.strength)
+    condition = stream.condition(PROMPT, "", args.guidance, SEED, args.size, args.size)
+    pending: dict[int, torch.Tensor] = {}
+
+    @torch.inference_mode()
+    def run(frames: list[np.ndarray]) -> None:
+        latents = stream.encode(stream.to_input(np.stack(frames)))
+        conditions = [condition] * len(frames)
+        if stream_batch and len(schedule.steps) > 1:
+            if len(frames) not in pending:
+                pending[len(frames)] = stream.stream_prime(latents, schedule, conditions)
+            latents, pending[len(frames)] = stream.stream_denoise(latents, pending[len(frames)], schedule, conditions)
+        else:
+            latents = stream.denoise(latents, schedule, conditions)
+        stream.to_uint8(stream.decode(latents))
+
+    return run
+
+
+def stage_times(stream: LcmStream, frames: list[np.ndarray], args: argparse.Namespace) -> dict[str, float]:
+    """Milliseconds per stage for one frame, each synchronized (eager)."""
+    schedule = stream.schedule(args.steps, args.strength)
+    condition = stream.condition(PROMPT, "", args.guidance, SEED, args.size, args.size)
+    device = stream.model.device
+    times: dict[str, list[float]] = {"prepare": [], "encode": [], "denoise": [], "decode": []}
+    with torch.inference_mode():
+        for index in range(args.frames // 2 + 2):
+            marks = [time.perf_counter()]
+            pixels = stream.to_input(frames[index % len(frames)][None])
+            synchronize(device)
+            marks.append(time.perf_counter())
+            latents = stream.encode(pixels)
+            synchronize(device)
+            marks.append(time.perf_counter())
+            latents = stream.denoise(latents, schedule, [condition])
+            synchronize(device)
+            marks.append(time.perf_counter())
+            stream.to_uint8(stream.decode(latents))
+            marks.append(time.perf_counter())
+            if index >= 2:
+                for name, start, end in zip(times, marks, marks[1:], strict=False):
+                    times[name].append((end - start) * 1000)
+    return {name: round(float(np.median(values)), 3) for name, values in times.items()}
+
+
+def frame_flops(stream: LcmStream, frame: np.ndarray, args: argparse.Namespace) -> dict[str, float]:
+    """FLOPs of one frame (encode, denoise, decode). torch's counter misses attention on some
+    devices, so attention is counted from the shapes: 2 * B * Lq * Lk * inner for QK^T and for AV."""
+    attention_flops = [0.0]
+
+    def count_attention(module: Attention, inputs: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        hidden = kwargs.get("hidden_states", inputs[0] if inputs else None)
+        context = kwargs.get("encoder_hidden_states")
+        batch, queries = hidden.shape[0], hidden.shape[-1] * hidden.shape[-2] if hidden.dim() == 4 else hidden.shape[1]
+        keys = context.shape[1] if context is not None else queries
+        attention_flops[0] += 4.0 * batch * queries * keys * module.to_q.out_features
+
+    hooks = [
+        module.register_forward_hook(count_attention, with_kwargs=True)
+        for module in (*stream.model.unet.modules(), *stream.model.autoencoder.modules())
+        if isinstance(module, Attention)
+    ]
+    schedule = stream.schedule(args.steps, args.strength)
+    condition = stream.condition(PROMPT, "", args.guidance, SEED, args.size, args.size)
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.inference_mode(), counter:
+            latents = stream.encode(stream.to_input(frame[None]))
+            latents = stream.denoise(latents, schedule, [condition])
+            stream.decode(latents)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    counted = counter.get_flop_counts().get("Global", {})
+    attention_ops = sum(flops for op, flops in counted.items() if "attention" in str(op))
+    other = counter.get_total_flops() - attention_ops
+    return {"conv_linear_gflop": other / 1e9, "attention_gflop": attention_flops[0] / 1e9}
+
+
+def camera_frames(size: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(8)]
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    model = build_sd15(device, dtype) if args.arch == "sd15" else load_model("tiny", "", None, str(device), args.dtype)
+    if args.channels_last and device.type == "cuda":
+        for module in (model.unet, model.autoencoder):
+            module.to(memory_format=torch.channels_last)
+    frames = camera_frames(args.size)
+    eager, graphed = LcmStream(model), LcmStream(model, cuda_graphs=True)
+    runners: dict[str, tuple[FrameRunner, int]] = {"diffusers img2img pipeline": (stock_pipeline(model, args), 1)}
+    runners["ours"] = (our_loop(eager, args), 1)
+    fastest = graphed if device.type == "cuda" else eager
+    suffix = " + CUDA graphs" if device.type == "cuda" else ""
+    if device.type == "cuda":
+        runners["ours + CUDA graphs"] = (our_loop(graphed, args), 1)
+    runners[f"ours{suffix} + stream batch"] = (our_loop(fastest, args, stream_batch=True), 1)
+    runners[f"ours{suffix}, {args.sessions} sessions batched"] = (our_loop(fastest, args), args.sessions)
+    runners[f"ours{suffix} + stream batch, {args.sessions} sessions"] = (
+        our_loop(fastest, args, stream_batch=True),
+        args.sessions,
+    )
+    rows = []
+    for name, (runner, batch) in runners.items():
+        seconds = time_frames(runner, frames, batch, args.frames, args.warmup)
+        rows.append({"mode": name, "ms_per_call": seconds * 1000, "frames_per_call": batch, "fps": batch / seconds})
+        logging.info("%s: %.2f ms per call", name, seconds * 1000)
+    stock_ms = rows[0]["ms_per_call"]
+    for row in rows:
+        row["speedup_vs_stock"] = stock_ms * row["frames_per_call"] / row["ms_per_call"]
+    result: dict[str, Any] = {
+        "benchmark": "model",
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_description(device),
+        "command": "python -m bench.model " + " ".join(args.argv),
+        "arch": args.arch,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "size": args.size,
+        "steps": args.steps,
+        "strength": args.strength,
+        "unet_evaluations_per_frame": unet_evaluations(args.steps, args.strength),
+        "guidance_scale": args.guidance,
+        "stage_ms": stage_times(eager, frames, args),
+        "rows": rows,
+    }
+    if not args.no_flops:
+        flops = frame_flops(eager, frames[0], args)
+        total = flops["conv_linear_gflop"] + flops["attention_gflop"]
+        result["flops_per_frame"] = {**flops, "total_gflop": total}
+        if args.peak_tflops:
+            floor_ms = total / (args.peak_tflops * 1000)
+            best = min(row["ms_per_call"] / row["frames_per_call"] for row in rows)
+            result["floor"] = {
+                "peak_tflops": args.peak_tflops,
+                "floor_ms": floor_ms,
+                "best_ms": best,
+                "times_floor": best / floor_ms,
+            }
+    return result
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(
+        f"{result['command']}\n{result['machine']}; {result['arch']} {result['size']}px {result['dtype']}, "
+        f"{result['steps']} steps, strength {result['strength']} "
+        f"({result['unet_evaluations_per_frame']} UNet evaluations per frame)"
+    )
+    print(f"{'mode':<48} {'ms/call':>9} {'frames':>6} {'fps':>8} {'vs stock':>8}")
+    for row in result["rows"]:
+        print(
+            f"{row['mode']:<48} {row['ms_per_call']:>9.2f} {row['frames_per_call']:>6} {row['fps']:>8.1f} "
+            f"{row['speedup_vs_stock']:>7.2f}x"
+        )
+    print("stage ms (eager, one frame):", result["stage_ms"])
+    if "flops_per_frame" in result:
+        flops = result["flops_per_frame"]
+        print(
+            f"GFLOP per frame: {flops['total_gflop']:.1f} "
+            f"(conv/linear {flops['conv_linear_gflop']:.1f}, attention {flops['attention_gflop']:.1f})"
+        )
+    if "floor" in result:
+        floor = result["floor"]
+        print(
+            f"floor at {floor['peak_tflops']} TFLOP/s: {floor['floor_ms']:.2f} ms/frame; "
+            f"best here {floor['best_ms']:.2f} ms/frame = {floor['times_floor']:.1f}x the floor"
+        )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.model", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--arch", choices=["tiny", "sd15"], default="tiny", help="model architecture (default tiny)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
+    parser.add_argument("--size", type=int, default=512, help="square picture size in px (default 512)")
+    parser.add_argument("--steps", type=int, default=4, help="LCM steps (default 4)")
+    parser.add_argument("--strength", type=float, default=0.5, help="img2img strength (default 0.5)")
+    parser.add_argument("--guidance", type=float, default=1.0, help="guidance scale (default 1.0)")
+    parser.add_argument("--sessions", type=int, default=4, help="frames batched across sessions (default 4)")
+    parser.add_argument("--frames", type=int, default=30, help="timed calls per mode (default 30)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last layout (CUDA)")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense fp16 peak, for the FLOP floor")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    parser.add_argument("--json", type=Path, help="result file (default bench/results/model-ARCH-DEVICE.json)")
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = parse_args(argv)
+    result = measure(args)
+    print_table(result)
+    path = args.json or RESULTS / f"model-{args.arch}-{result['device'].split(':')[0]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
