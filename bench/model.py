@@ -174,7 +174,7 @@ def frame_flops(stream: LcmStream, frame: np.ndarray, args: argparse.Namespace) 
     attention_flops = [0.0]
 
     def count_attention(module: Attention, inputs: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        hidden = kwargs.get("hidden_states", inputs[0] if inputs else None)
+        hidden: torch.Tensor = kwargs["hidden_states"] if "hidden_states" in kwargs else inputs[0]
         context = kwargs.get("encoder_hidden_states")
         batch, queries = hidden.shape[0], hidden.shape[-1] * hidden.shape[-2] if hidden.dim() == 4 else hidden.shape[1]
         keys = context.shape[1] if context is not None else queries
@@ -214,28 +214,43 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.channels_last and device.type == "cuda":
         for module in (model.unet, model.autoencoder):
             module.to(memory_format=torch.channels_last)
+    if args.compile:
+        for module in (model.unet, model.autoencoder.encoder, model.autoencoder.decoder):
+            module.compile(dynamic=False)
     frames = camera_frames(args.size)
     eager, graphed = LcmStream(model), LcmStream(model, cuda_graphs=True)
-    runners: dict[str, tuple[FrameRunner, int]] = {"diffusers img2img pipeline": (stock_pipeline(model, args), 1)}
-    runners["ours"] = (our_loop(eager, args), 1)
     fastest = graphed if device.type == "cuda" else eager
     suffix = " + CUDA graphs" if device.type == "cuda" else ""
-    if device.type == "cuda":
-        runners["ours + CUDA graphs"] = (our_loop(graphed, args), 1)
-    runners[f"ours{suffix} + stream batch"] = (our_loop(fastest, args, stream_batch=True), 1)
-    runners[f"ours{suffix}, {args.sessions} sessions batched"] = (our_loop(fastest, args), args.sessions)
-    runners[f"ours{suffix} + stream batch, {args.sessions} sessions"] = (
-        our_loop(fastest, args, stream_batch=True),
-        args.sessions,
-    )
-    rows = []
-    for name, (runner, batch) in runners.items():
+    runners: dict[str, tuple[str, Callable[[], FrameRunner], int]] = {
+        "diffusers img2img pipeline": ("stock", lambda: stock_pipeline(model, args), 1),
+        "ours": ("eager", lambda: our_loop(eager, args), 1),
+        "ours + CUDA graphs": ("graphs", lambda: our_loop(graphed, args), 1),
+        f"ours{suffix} + stream batch": ("stream", lambda: our_loop(fastest, args, stream_batch=True), 1),
+        f"ours{suffix}, {args.sessions} sessions batched": (
+            "sessions",
+            lambda: our_loop(fastest, args),
+            args.sessions,
+        ),
+        f"ours{suffix} + stream batch, {args.sessions} sessions": (
+            "stream-sessions",
+            lambda: our_loop(fastest, args, stream_batch=True),
+            args.sessions,
+        ),
+    }
+    wanted = set(args.modes.split(","))
+    if device.type != "cuda":
+        wanted.discard("graphs")
+    rows: list[dict[str, Any]] = []
+    for name, (mode, make_runner, batch) in runners.items():
+        if mode not in wanted:
+            continue
+        runner = make_runner()
         seconds = time_frames(runner, frames, batch, args.frames, args.warmup)
         rows.append({"mode": name, "ms_per_call": seconds * 1000, "frames_per_call": batch, "fps": batch / seconds})
         logging.info("%s: %.2f ms per call", name, seconds * 1000)
-    stock_ms = rows[0]["ms_per_call"]
+    stock = [row["ms_per_call"] for row in rows if row["mode"] == "diffusers img2img pipeline"]
     for row in rows:
-        row["speedup_vs_stock"] = stock_ms * row["frames_per_call"] / row["ms_per_call"]
+        row["speedup_vs_stock"] = stock[0] * row["frames_per_call"] / row["ms_per_call"] if stock else None
     result: dict[str, Any] = {
         "benchmark": "model",
         "date": datetime.date.today().isoformat(),
@@ -249,7 +264,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "strength": args.strength,
         "unet_evaluations_per_frame": unet_evaluations(args.steps, args.strength),
         "guidance_scale": args.guidance,
+        "compiled": args.compile,
         "stage_ms": stage_times(eager, frames, args),
+        "stage_ms_fastest": stage_times(fastest, frames, args),
         "rows": rows,
     }
     if not args.no_flops:
@@ -257,7 +274,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         total = flops["conv_linear_gflop"] + flops["attention_gflop"]
         result["flops_per_frame"] = {**flops, "total_gflop": total}
         if args.peak_tflops:
-            floor_ms = total / (args.peak_tflops * 1000)
+            floor_ms = total / args.peak_tflops  # GFLOP / (TFLOP/s) = ms
             best = min(row["ms_per_call"] / row["frames_per_call"] for row in rows)
             result["floor"] = {
                 "peak_tflops": args.peak_tflops,
@@ -283,11 +300,9 @@ def print_table(result: dict[str, Any]) -> None:
     )
     print(f"{'mode':<48} {'ms/call':>9} {'frames':>6} {'fps':>8} {'vs stock':>8}")
     for row in result["rows"]:
-        print(
-            f"{row['mode']:<48} {row['ms_per_call']:>9.2f} {row['frames_per_call']:>6} {row['fps']:>8.1f} "
-            f"{row['speedup_vs_stock']:>7.2f}x"
-        )
-    print("stage ms (eager, one frame):", result["stage_ms"])
+        speedup = f"{row['speedup_vs_stock']:>7.2f}x" if row["speedup_vs_stock"] else ""
+        print(f"{row['mode']:<48} {row['ms_per_call']:>9.2f} {row['frames_per_call']:>6} {row['fps']:>8.1f} {speedup}")
+    print("stage ms, one frame, eager:", result["stage_ms"], "fastest:", result["stage_ms_fastest"])
     if "flops_per_frame" in result:
         flops = result["flops_per_frame"]
         print(
@@ -315,6 +330,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=30, help="timed calls per mode (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last layout (CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet and TAESD first")
+    parser.add_argument(
+        "--modes",
+        default="stock,eager,graphs,stream,sessions,stream-sessions",
+        help="comma-separated subset of: stock, eager, graphs, stream, sessions, stream-sessions",
+    )
     parser.add_argument("--peak-tflops", type=float, help="the device's dense fp16 peak, for the FLOP floor")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     parser.add_argument("--json", type=Path, help="result file (default bench/results/model-ARCH-DEVICE.json)")
