@@ -26,7 +26,10 @@ import aiohttp
 import psutil
 
 from bench.client import StreamClient
+from bench.engine import camera_frame, engine_fps, without_similarity
 from bench.serve import ROOT, ServerProcess
+from settings import load_settings
+from transforms.catalog import build_engine
 
 logger = logging.getLogger("bench.stream")
 
@@ -79,7 +82,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(client.close() for client in clients))
     finally:
         await server.stop()
-    return {
+    result = {
         "benchmark": "stream",
         "date": datetime.date.today().isoformat(),
         "machine": machine_description(),
@@ -92,6 +95,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "engine": server_stats["engine"],
         "per_client": figures,
     }
+    if args.efficiency:
+        engine = build_engine(without_similarity(load_settings(server_args)))
+        alone = await asyncio.to_thread(engine_fps, engine, camera_frame(), 8.0)
+        total = sum(row["fps_out"] for row in figures)
+        result["engine_alone_fps"] = round(alone, 2)
+        result["efficiency"] = round(total / alone, 3) if alone else None
+    return result
 
 
 def machine_description() -> str:
@@ -101,6 +111,8 @@ def machine_description() -> str:
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"{result['command']}\n{result['machine']}, server CPU {result['server_cpu_percent']}%")
+    if "efficiency" in result:
+        print(f"engine alone {result['engine_alone_fps']} fps; end-to-end efficiency {result['efficiency']}")
     print(f"{'client':>6} {'fps out':>8} {'p50 ms':>8} {'p95 ms':>8} {'dropped':>8} {'server ms':>9}")
     for number, row in enumerate(result["per_client"], 1):
         print(
@@ -118,6 +130,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=1, help="concurrent aiortc clients (default 1)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time (default 20)")
     parser.add_argument("--fps", type=float, default=30.0, help="camera frame rate per client (default 30)")
+    parser.add_argument(
+        "--efficiency",
+        action="store_true",
+        help="also time the same transform with no WebRTC (in this process) and report fps out / that",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / "stream.json", help="JSON result file")
     parser.add_argument("server_args", nargs="*", help="server.py arguments, after --")
     args = parser.parse_args(argv)

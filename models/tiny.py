@@ -79,8 +79,9 @@ def tiny_unet(guidance_embedding: bool = True) -> UNet2DConditionModel:
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        # Attention at the coarser level only: at 512 px the finer one would hold 4096 tokens.
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=TEXT_HIDDEN,
         attention_head_dim=8,
         norm_num_groups=8,
