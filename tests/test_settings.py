@@ -108,3 +108,9 @@ async def test_https_with_cert_and_key(tmp_path: Path) -> None:
     finally:
         process.terminate()
         await process.wait()
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"--{name.replace('_', '-')}" in readme, name
