@@ -92,7 +92,18 @@ async def test_https_with_cert_and_key(tmp_path: Path) -> None:
     cert, key = write_self_signed(tmp_path)
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        *[sys.executable, "server.py", "--port", str(port), "--cert", str(cert), "--key", str(key)],
+        *[
+            sys.executable,
+            "server.py",
+            "--transform",
+            "invert",
+            "--port",
+            str(port),
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
+        ],
         cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,

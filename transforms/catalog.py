@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from models.accelerators import Accelerators, accelerate
-from models.loading import ModelLoadError, load_model
-from models.stream import LcmStream
 from settings import Settings
 from transforms.base import Transform
-from transforms.diffusion import DiffusionTransform
 from transforms.engine import FrameEngine
 from transforms.filters import FILTERS, FilterTransform
 from transforms.host import TransformLoadError
@@ -25,6 +21,13 @@ def _filter_factory(name: str) -> Callable[[Settings], Transform]:
 
 def build_diffusion(settings: Settings) -> Transform:
     """Load the model (minutes on a first download) and wrap it as a transform."""
+    # Imported here: torch and diffusers take seconds to import, and --help, a settings
+    # error or a filter transform should not wait for them.
+    from models.accelerators import Accelerators, accelerate
+    from models.loading import ModelLoadError, load_model
+    from models.stream import LcmStream
+    from transforms.diffusion import DiffusionTransform
+
     try:
         model = load_model(settings.model, settings.vae, settings.lora, settings.device, settings.dtype)
     except ModelLoadError as exc:
