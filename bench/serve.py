@@ -49,8 +49,8 @@ async def wait_healthy(
 class ServerProcess:
     """`python server.py ARGS` on a free loopback port; stop() ends it."""
 
-    def __init__(self, *args: str, log: IO[bytes] | int = subprocess.DEVNULL) -> None:
-        self.port = free_port()
+    def __init__(self, *args: str, log: IO[bytes] | int = subprocess.DEVNULL, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(self.port), *args],

@@ -23,11 +23,13 @@ CHROMIUM_FLAGS = [
 
 
 @asynccontextmanager
-async def chromium(extra_flags: list[str] | None = None) -> AsyncIterator[Browser]:
+async def chromium(allow_camera: bool = True) -> AsyncIterator[Browser]:
+    """`allow_camera=False` leaves out the flag that accepts the camera prompt: it is refused."""
     if not shutil.which(CHROMIUM):
         pytest.fail("chromium is not installed: apt-get install chromium (.ci/run does)")
+    flags = CHROMIUM_FLAGS if allow_camera else [f for f in CHROMIUM_FLAGS if f != "--use-fake-ui-for-media-stream"]
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS + (extra_flags or []))
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
         try:
             yield browser
         finally:

@@ -1,35 +1,144 @@
-"""The page in a real browser against the real server: camera out, stylized video back."""
+"""The studio page in headless chromium (fake camera) against the real server."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
+import aiohttp
 import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page
 
+from bench.serve import ServerProcess
 from tests.browser import chromium
 from tests.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
-PLAYED_FRAMES_JS = "() => document.getElementById('remote').getVideoPlaybackQuality().totalVideoFrames"
+PLAYED_JS = "document.getElementById('remote').getVideoPlaybackQuality().totalVideoFrames"
+Spawn = Callable[..., Awaitable[str]]
 
 
-async def test_page_streams_and_applies_a_prompt(spawn_server: Callable[..., Awaitable[str]]) -> None:
-    url = await spawn_server("--transform", "invert")
-    async with chromium() as browser:
-        page = await browser.new_page()
-        await page.goto(url)
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as launched:
+        yield launched
+
+
+async def open_page(browser: Browser, url: str, name: str) -> Page:
+    page = await browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    log = (ARTIFACTS / f"console-{name}.log").open("w")
+
+    def keep(message: ConsoleMessage) -> None:
+        log.write(f"{message.type}: {message.text}\n")
+        log.flush()
+
+    page.on("console", keep)
+    await page.goto(url)
+    await page.wait_for_selector("#param-strength")
+    return page
+
+
+async def wait_live_and_playing(page: Page, timeout_ms: int = 30_000) -> None:
+    await page.wait_for_function("document.getElementById('state').dataset.state === 'live'", timeout=timeout_ms)
+    played = await page.evaluate(PLAYED_JS)
+    await page.wait_for_function(f"{PLAYED_JS} > {played + 10}", timeout=timeout_ms)
+
+
+async def wait_applied(page: Page, name: str) -> None:
+    await page.wait_for_function(
+        f"document.getElementById('param-{name}').closest('.param').dataset.status === 'applied'", timeout=15_000
+    )
+
+
+async def server_params(url: str) -> dict[str, object]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/stats") as response:
+        sessions = (await response.json())["sessions"]
+    assert len(sessions) == 1
+    return dict(next(iter(sessions.values()))["params"])
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", header[16:24])
+    return width, height
+
+
+async def test_studio_streams_applies_styles_snapshots_and_restarts(browser: Browser, spawn_server: Spawn) -> None:
+    url = await spawn_server("--transform", "invert", "--width", "480", "--height", "352")
+    page = await open_page(browser, url, "studio")
+    await page.get_by_role("button", name="Start").click()
+    await wait_live_and_playing(page)
+
+    await page.get_by_label("Preset").select_option("Claymation")
+    await wait_applied(page, "prompt")
+    await page.get_by_label("Strength").fill("0.8")
+    await wait_applied(page, "strength")
+    params = await server_params(url)
+    assert str(params["prompt"]).startswith("claymation") and params["strength"] == 0.8
+    await page.screenshot(path=ARTIFACTS / "studio-live.png")
+
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Snapshot").click()
+    download = await download_info.value
+    saved = ARTIFACTS / "snapshot.png"
+    await download.save_as(saved)
+    assert png_size(saved) == (480, 352)
+
+    await page.get_by_role("button", name="Stop").click()
+    await page.wait_for_function("document.getElementById('state').dataset.state === 'idle'")
+    await page.get_by_role("button", name="Start").click()
+    await wait_live_and_playing(page)
+    assert (await server_params(url))["strength"] == 0.8, "the style survives a restart of the stream"
+
+
+async def test_studio_reconnects_after_a_server_restart(browser: Browser) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (ARTIFACTS / "server-restart.log").open("ab") as log:
+        server = ServerProcess("--transform", "invert", log=log)
+    await server.ready()
+    try:
+        page = await open_page(browser, server.url, "restart")
         await page.get_by_role("button", name="Start").click()
-        await page.wait_for_function(f"({PLAYED_FRAMES_JS})() > 10", timeout=30_000)
-        played = await page.evaluate(PLAYED_FRAMES_JS)
-        await page.wait_for_function(f"({PLAYED_FRAMES_JS})() > {played + 15}", timeout=15_000)
-
-        await page.get_by_label("Prompt").fill("claymation portrait")
-        await page.get_by_role("button", name="Apply").click()
+        await wait_live_and_playing(page)
+        await server.stop()
         await page.wait_for_function(
-            "() => document.getElementById('ack').textContent === 'applied: claymation portrait'",
-            timeout=10_000,
+            "['reconnecting', 'warming'].includes(document.getElementById('state').dataset.state)", timeout=15_000
         )
-        ARTIFACTS.mkdir(exist_ok=True)
-        await page.screenshot(path=ARTIFACTS / "page-streaming.png")
-        assert "fps" in (await page.locator("#fps").text_content() or "")
+        await asyncio.sleep(1)
+        with (ARTIFACTS / "server-restart.log").open("ab") as log:
+            server = ServerProcess("--transform", "invert", log=log, port=server.port)
+        await server.ready()
+        await wait_live_and_playing(page, timeout_ms=40_000)
+        await page.screenshot(path=ARTIFACTS / "studio-reconnected.png")
+    finally:
+        await server.stop()
+
+
+async def test_studio_with_the_diffusion_model(browser: Browser, spawn_server: Spawn) -> None:
+    url = await spawn_server("--model", "tiny", "--width", "256", "--height", "256")
+    page = await open_page(browser, url, "diffusion")
+    await page.get_by_role("button", name="Start").click()
+    await wait_live_and_playing(page, timeout_ms=60_000)
+    await page.get_by_label("Preset").select_option("Oil painting")
+    await wait_applied(page, "prompt")
+    await page.get_by_label("Steps").fill("2")
+    await wait_applied(page, "steps")
+    params = await server_params(url)
+    assert str(params["prompt"]).startswith("oil painting") and params["steps"] == 2
+    await page.screenshot(path=ARTIFACTS / "studio-diffusion.png")
+
+
+async def test_a_refused_camera_is_explained(spawn_server: Spawn) -> None:
+    url = await spawn_server("--transform", "invert")
+    async with chromium(allow_camera=False) as browser:
+        page = await open_page(browser, url, "refused")
+        await page.get_by_role("button", name="Start").click()
+        notice = page.locator("#notice")
+        await notice.wait_for(state="visible", timeout=15_000)
+        assert "refused" in (await notice.text_content() or "")
+        assert await page.locator("#state").get_attribute("data-state") == "failed"
+        await page.screenshot(path=ARTIFACTS / "studio-camera-refused.png")
