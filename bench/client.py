@@ -255,9 +255,6 @@ class StreamClient:
                 raise TimeoutError(f"only {len(self.received)} of {target} frames arrived")
             await asyncio.sleep(0.05)
 
-    def latencies(self, since: float = float("-inf")) -> list[float]:
-        return [f.latency_s for f in self.received if f.latency_s is not None and f.at >= since]
-
     async def close(self) -> None:
         if self._receiver is not None:
             self._receiver.cancel()

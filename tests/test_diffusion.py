@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from av import VideoFrame
+from diffusers import StableDiffusionPipeline
+from peft import LoraConfig, get_peft_model_state_dict
 
 from models.loading import DiffusionModel, load_model
 from models.stream import LcmStream
+from models.tiny import tiny_unet
 from transforms.base import FrameJob
 from transforms.diffusion import DiffusionTransform
 from transforms.engine import EngineSession
@@ -48,7 +52,7 @@ def run(transform: DiffusionTransform, jobs: list[FrameJob]) -> list[np.ndarray]
 
 
 def job(params: StyleParams, name: str = "s", shade: int = 0) -> FrameJob:
-    return FrameJob(session(name, params), 1, 0.0, params, camera_frame(shade))
+    return FrameJob(session(name, params), 0.0, params, camera_frame(shade))
 
 
 def test_two_sessions_in_one_batch_each_get_their_own_picture(transform: DiffusionTransform) -> None:
@@ -118,9 +122,22 @@ def test_stream_batch_matches_the_full_loop_for_still_sessions(model: DiffusionM
     sessions = [session("a", first), session("b", second)]
     stages = streamed.stages()
     for _ in range(3):
-        jobs = [FrameJob(s, 1, 0.0, s.params, camera_frame()) for s in sessions]
+        jobs = [FrameJob(s, 0.0, s.params, camera_frame()) for s in sessions]
         for stage in stages:
             stage.process(jobs)
         pictures = [j.data.to_ndarray(format="rgb24").astype(np.int16) for j in jobs]
         for picture, reference in zip(pictures, expected, strict=True):
             assert np.abs(picture - reference).max() <= 2
+
+
+def test_a_lora_is_fused_at_load(tmp_path: Path) -> None:
+    """--lora: the adapter's weights end up inside the UNet (no adapter left at run time)."""
+    base = load_model("tiny", "", None, "cpu", "float32")
+    unet = tiny_unet()
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False))
+    StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(unet))
+    fused = load_model("tiny", "", str(tmp_path), "cpu", "float32")
+    assert not any("lora" in name for name, _ in fused.unet.named_parameters())
+    before = run(DiffusionTransform(LcmStream(base), SIZE, SIZE), [job(StyleParams())])[0]
+    after = run(DiffusionTransform(LcmStream(fused), SIZE, SIZE), [job(StyleParams())])[0]
+    assert np.abs(before - after).mean() > 1.0

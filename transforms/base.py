@@ -19,7 +19,6 @@ class FrameJob:
     """One camera frame on its way through the stages; each stage replaces `data`."""
 
     session: EngineSession
-    seq: int
     received_at: float
     params: StyleParams
     data: Any
@@ -54,7 +53,7 @@ class DelayedStage(Stage):
 
 
 class Transform(ABC):
-    """A frame transform: its stages (in order) and what it needs per session.
+    """A frame transform: its stages (in order) and what it precomputes for new params.
 
     `model_stage` names the stage that stands for the model; `delay_ms` is added there.
     """
@@ -66,12 +65,6 @@ class Transform(ABC):
     @abstractmethod
     def stages(self) -> list[Stage]:
         """The stages every frame passes, first to last; the last yields an av.VideoFrame."""
-
-    def open_session(self, session: EngineSession) -> None:
-        """Prepare per-session state (noise, prompt cache) before its first frame."""
-
-    def close_session(self, session: EngineSession) -> None:
-        """Forget per-session state."""
 
     def prepare_params(self, session: EngineSession, params: StyleParams) -> None:
         """Precompute what `params` need (prompt embeddings) before they go live.

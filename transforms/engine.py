@@ -60,7 +60,6 @@ class EngineSession:
     _pending: deque[tuple[Any, float]] = field(default_factory=deque)
     _inflight: int = 0
     _queued: int = 0
-    _seq: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -125,10 +124,6 @@ class FrameEngine:
         self._similarity = similarity
         self.totals = {"frames_in": 0, "frames_dropped": 0, "frames_out": 0, "frames_skipped": 0, "errors": 0}
 
-    @property
-    def stage_names(self) -> list[str]:
-        return [state.stage.name for state in self._stages]
-
     def start(self) -> None:
         for index, state in enumerate(self._stages):
             thread = threading.Thread(
@@ -151,7 +146,6 @@ class FrameEngine:
         self, session_id: str, params: StyleParams, on_result: ResultCallback, on_error: ErrorCallback
     ) -> EngineSession:
         session = EngineSession(session_id, params, on_result, on_error)
-        self.transform.open_session(session)
         with self._lock:
             self._sessions[session_id] = session
         return session
@@ -168,7 +162,6 @@ class FrameEngine:
                 kept = [job for job in state.queue if job.session is not session]
                 state.queue.clear()
                 state.queue.extend(kept)
-        self.transform.close_session(session)
 
     def submit(self, session: EngineSession, frame: Any, received_at: float | None = None) -> None:
         """Offer a camera frame; it replaces the session's frame not yet admitted."""
@@ -260,8 +253,7 @@ class FrameEngine:
             while session._pending:
                 frame, received_at = session._pending.popleft()
                 session._inflight += 1
-                session._seq += 1
-                jobs.append(FrameJob(session, session._seq, received_at, session.params, frame))
+                jobs.append(FrameJob(session, received_at, session.params, frame))
         return jobs
 
     def _admission_wait(self) -> float | None:
