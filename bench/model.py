@@ -93,8 +93,8 @@ def time_frames(runner: FrameRunner, frames: list[np.ndarray], batch: int, count
     return (time.perf_counter() - started) / count
 
 
-def stock_pipeline(model: DiffusionModel, args: argparse.Namespace) -> FrameRunner:
-    """What a user would write: the img2img pipeline, once per frame."""
+def reference_pipeline(model: DiffusionModel) -> StableDiffusionImg2ImgPipeline:
+    """diffusers' own img2img pipeline with LCMScheduler, on the model's components."""
     pipeline = StableDiffusionImg2ImgPipeline(
         vae=model.autoencoder,
         text_encoder=model.text_encoder,
@@ -106,6 +106,12 @@ def stock_pipeline(model: DiffusionModel, args: argparse.Namespace) -> FrameRunn
         requires_safety_checker=False,
     )
     pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def stock_pipeline(model: DiffusionModel, args: argparse.Namespace) -> FrameRunner:
+    """What a user would write: the img2img pipeline, once per frame."""
+    pipeline = reference_pipeline(model)
 
     def run(frames: list[np.ndarray]) -> None:
         generator = torch.Generator(model.device).manual_seed(SEED)

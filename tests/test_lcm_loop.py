@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline
 from PIL import Image
 
+from bench.model import reference_pipeline
 from models.lcm import unet_evaluations
 from models.loading import DiffusionModel, load_model
 from models.stream import LcmStream
@@ -34,18 +34,7 @@ def camera() -> np.ndarray:
 def diffusers_img2img(
     model: DiffusionModel, camera: np.ndarray, steps: int, strength: float, guidance: float, negative: str = ""
 ) -> np.ndarray:
-    pipeline = StableDiffusionImg2ImgPipeline(
-        vae=model.autoencoder,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=LCMScheduler.from_config(model.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    result = pipeline(
+    result = reference_pipeline(model)(
         "a watercolor portrait",
         negative_prompt=negative or None,
         image=Image.fromarray(camera),

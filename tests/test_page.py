@@ -60,6 +60,18 @@ async def server_params(url: str) -> dict[str, object]:
     return dict(next(iter(sessions.values()))["params"])
 
 
+async def choose_style(page: Page, url: str, preset: str, slider: tuple[str, str, str]) -> None:
+    """Pick a preset and move a slider; both must be acknowledged, in the page and on the server."""
+    label, name, value = slider
+    await page.get_by_label("Preset").select_option(preset)
+    await wait_applied(page, "prompt")
+    await page.get_by_label(label).fill(value)
+    await wait_applied(page, name)
+    params = await server_params(url)
+    assert str(params["prompt"]).lower().startswith(preset.lower().split()[0])
+    assert str(params[name]) == value
+
+
 def png_size(path: Path) -> tuple[int, int]:
     header = path.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
@@ -73,12 +85,7 @@ async def test_studio_streams_applies_styles_snapshots_and_restarts(browser: Bro
     await page.get_by_role("button", name="Start").click()
     await wait_live_and_playing(page)
 
-    await page.get_by_label("Preset").select_option("Claymation")
-    await wait_applied(page, "prompt")
-    await page.get_by_label("Strength").fill("0.8")
-    await wait_applied(page, "strength")
-    params = await server_params(url)
-    assert str(params["prompt"]).startswith("claymation") and params["strength"] == 0.8
+    await choose_style(page, url, preset="Claymation", slider=("Strength", "strength", "0.8"))
     await page.screenshot(path=ARTIFACTS / "studio-live.png")
 
     async with page.expect_download() as download_info:
@@ -123,12 +130,7 @@ async def test_studio_with_the_diffusion_model(browser: Browser, spawn_server: S
     page = await open_page(browser, url, "diffusion")
     await page.get_by_role("button", name="Start").click()
     await wait_live_and_playing(page, timeout_ms=60_000)
-    await page.get_by_label("Preset").select_option("Oil painting")
-    await wait_applied(page, "prompt")
-    await page.get_by_label("Steps").fill("2")
-    await wait_applied(page, "steps")
-    params = await server_params(url)
-    assert str(params["prompt"]).startswith("oil painting") and params["steps"] == 2
+    await choose_style(page, url, preset="Oil painting", slider=("Steps", "steps", "2"))
     await page.screenshot(path=ARTIFACTS / "studio-diffusion.png")
 
 
