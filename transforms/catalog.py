@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from settings import Settings
@@ -10,6 +11,8 @@ from transforms.engine import FrameEngine
 from transforms.filters import FILTERS, FilterTransform
 from transforms.host import TransformLoadError
 from transforms.similarity import SimilarityFilter
+
+logger = logging.getLogger(__name__)
 
 
 def _filter_factory(name: str) -> Callable[[Settings], Transform]:
@@ -37,7 +40,10 @@ def build_diffusion(settings: Settings) -> Transform:
         Accelerators(channels_last=settings.channels_last, compile=settings.compile, stable_fast=settings.stable_fast),
     )
     stream = LcmStream(model, cuda_graphs=settings.cuda_graphs)
-    return DiffusionTransform(stream, settings.width, settings.height, stream_batch=settings.stream_batch)
+    transform = DiffusionTransform(stream, settings.width, settings.height, stream_batch=settings.stream_batch)
+    logger.info("warming up the model")
+    transform.warm_up()
+    return transform
 
 
 TRANSFORMS: dict[str, Callable[[Settings], Transform]] = {

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from av import VideoFrame
 
 from models.lcm import LcmSchedule
 from models.stream import FrameCondition, LcmStream
@@ -144,3 +145,17 @@ class DiffusionTransform(Transform):
         so the next frame finds them ready and the stream never stalls on a prompt change."""
         self.stream.schedule(params.steps, params.strength)
         condition(self.stream, params, *self._size)
+
+    def warm_up(self) -> None:
+        """Two frames through every stage before any session: kernels load and the CUDA graphs
+        for one session with the default params are captured while nothing else runs."""
+        params = StyleParams()
+        session = EngineSession("warm-up", params, on_result=lambda job: None, on_error=lambda message: None)
+        self.prepare_params(session, params)
+        width, height = self._size
+        gray = VideoFrame.from_ndarray(np.full((height, width, 3), 128, np.uint8), format="rgb24")
+        stages = self.stages()
+        for _ in range(2):  # the second is a stream batch's steady state
+            jobs = [FrameJob(session, 0.0, params, gray)]
+            for stage in stages:
+                stage.process(jobs)
