@@ -85,6 +85,10 @@ async def test_studio_streams_applies_styles_snapshots_and_restarts(browser: Bro
     await page.get_by_role("button", name="Start").click()
     await wait_live_and_playing(page)
 
+    await page.get_by_label("Prompt", exact=True).fill("a bronze statue, museum light")
+    await page.get_by_label("Prompt", exact=True).press("Enter")
+    await wait_applied(page, "prompt")
+    assert (await server_params(url))["prompt"] == "a bronze statue, museum light"
     await choose_style(page, url, preset="Claymation", slider=("Strength", "strength", "0.8"))
     await page.screenshot(path=ARTIFACTS / "studio-live.png")
 
