@@ -33,6 +33,7 @@ from transforms.engine import FrameEngine
 from transforms.params import StyleParams
 
 RESULTS = Path(__file__).resolve().parent / "results"
+logger = logging.getLogger("bench.engine")
 
 
 class SleepStage(Stage):
@@ -61,7 +62,9 @@ def engine_fps(engine: FrameEngine, frame: Any, seconds: float) -> float:
     delivered: list[float] = []
     engine.start()
     try:
-        session = engine.open_session("bench", StyleParams(), lambda job: delivered.append(time.monotonic()), print)
+        session = engine.open_session(
+            "bench", StyleParams(), lambda job: delivered.append(time.monotonic()), lambda error: logger.warning(error)
+        )
         started = time.monotonic()
         while time.monotonic() - started < seconds and not done.is_set():
             engine.submit(session, frame)

@@ -13,6 +13,7 @@ coefficients, noise, guidance embeddings) is computed once and cached.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -132,7 +133,7 @@ class LcmStream:
         """The first `pending` of a stream: the frame itself after 1..n-1 steps (run once)."""
         batch = Conditioning.of(self, conditions)
         states = self._schedule_states(schedule, batch.classic_scale, latents, *batch.tensors())
-        return torch.stack(list(states)[:-1], dim=1)
+        return torch.stack(list(itertools.islice(states, len(schedule.steps) - 1)), dim=1)
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._scaling * self.model.autoencoder.encode(pixels).latents

@@ -15,7 +15,7 @@ from models.loading import DiffusionModel, load_model
 from models.stream import LcmStream
 from models.tiny import tiny_unet
 from transforms.base import FrameJob
-from transforms.diffusion import DiffusionTransform
+from transforms.diffusion import DiffusionTransform, one_frame_per_session
 from transforms.engine import EngineSession
 from transforms.params import StyleParams
 
@@ -141,3 +141,12 @@ def test_a_lora_is_fused_at_load(tmp_path: Path) -> None:
     before = run(DiffusionTransform(LcmStream(base), SIZE, SIZE), [job(StyleParams())])[0]
     after = run(DiffusionTransform(LcmStream(fused), SIZE, SIZE), [job(StyleParams())])[0]
     assert np.abs(before - after).mean() > 1.0
+
+
+def test_a_sessions_frames_take_separate_stream_batch_calls() -> None:
+    """Regression: two frames of one session in one stream-batch call both advanced from the same
+    carried latents; they now go in rounds, in order, one frame per session per call."""
+    a, b = session("a", StyleParams()), session("b", StyleParams())
+    jobs = [FrameJob(s, float(t), s.params, None) for t, s in enumerate([a, a, b, a])]
+    rounds = one_frame_per_session(jobs)
+    assert [[job.received_at for job in round_] for round_ in rounds] == [[0.0, 2.0], [1.0], [3.0]]

@@ -51,3 +51,15 @@ async def test_stop_ends_a_waiting_recv() -> None:
     track.stop()
     with pytest.raises(MediaStreamError):
         await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_repeated_result_goes_out_as_a_copy() -> None:
+    """The similarity filter repeats the last output object; the encoder may still hold it."""
+    track = StylizedTrack()
+    first = frame()
+    track.offer(first, 0.0)
+    sent = await track.recv()
+    track.offer(first, 0.03)
+    again = await track.recv()
+    assert again is not sent
+    assert np.array_equal(again.to_ndarray(format="rgb24"), sent.to_ndarray(format="rgb24"))

@@ -78,20 +78,23 @@ class DenoiseStage(DiffusionStage):
         for group in groups.values():
             params = group[0].params
             schedule: LcmSchedule = self.stream.schedule(params.steps, params.strength)
-            conditions = [condition(self.stream, job.params, *self._size) for job in group]
-            latents = torch.cat([job.data for job in group])
             if self._stream_batch and len(schedule.steps) > 1:
-                latents = self._stream_step(group, latents, schedule, conditions)
+                for round_ in one_frame_per_session(group):
+                    self._stream_step(round_, schedule)
             else:
-                latents = self.stream.denoise(latents, schedule, conditions)
-            for job, latent in zip(group, latents.split(1), strict=True):
-                job.data = latent
+                self._denoise(group, schedule)
 
-    def _stream_step(
-        self, group: list[FrameJob], latents: torch.Tensor, schedule: LcmSchedule, conditions: list[FrameCondition]
-    ) -> torch.Tensor:
+    def _denoise(self, group: list[FrameJob], schedule: LcmSchedule) -> None:
+        conditions = [condition(self.stream, job.params, *self._size) for job in group]
+        latents = self.stream.denoise(torch.cat([job.data for job in group]), schedule, conditions)
+        for job, latent in zip(group, latents.split(1), strict=True):
+            job.data = latent
+
+    def _stream_step(self, group: list[FrameJob], schedule: LcmSchedule) -> None:
         """Stream batch: each session's partly denoised frames advance together with the new one.
         A session's first frame (or first after a params change) primes its pipeline."""
+        conditions = [condition(self.stream, job.params, *self._size) for job in group]
+        latents = torch.cat([job.data for job in group])
         pending = []
         for job, latent, frame_condition in zip(group, latents.split(1), conditions, strict=True):
             carried = job.session.carry.get(PENDING)
@@ -99,9 +102,9 @@ class DenoiseStage(DiffusionStage):
                 carried = (job.params, self.stream.stream_prime(latent, schedule, [frame_condition]))
             pending.append(carried[1])
         finished, advanced = self.stream.stream_denoise(latents, torch.cat(pending), schedule, conditions)
-        for job, carried_on in zip(group, advanced.split(1), strict=True):
+        for job, latent, carried_on in zip(group, finished.split(1), advanced.split(1), strict=True):
+            job.data = latent
             job.session.carry[PENDING] = (job.params, carried_on)
-        return finished
 
     def _group_key(self, params: StyleParams) -> GroupKey:
         shared_scale = params.guidance_scale if self.stream.classic_guidance(params.guidance_scale) else None
@@ -115,6 +118,20 @@ class DecodeStage(DiffusionStage):
         pictures = self.stream.to_uint8(self.stream.decode(torch.cat([job.data for job in jobs])))
         for job, picture in zip(jobs, pictures, strict=True):
             job.data = rgb_to_frame(picture)
+
+
+def one_frame_per_session(jobs: list[FrameJob]) -> list[list[FrameJob]]:
+    """Rounds in which each session has at most one frame, in order: a session's frames in one
+    stream-batch call would all advance from the same carried latents."""
+    rounds: list[list[FrameJob]] = []
+    seen: dict[str, int] = {}
+    for job in jobs:
+        index = seen.get(job.session.id, -1) + 1
+        seen[job.session.id] = index
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(job)
+    return rounds
 
 
 def condition(stream: LcmStream, params: StyleParams, width: int, height: int) -> FrameCondition:

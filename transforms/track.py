@@ -34,10 +34,16 @@ class StylizedTrack(MediaStreamTrack):
         self._started_at: float | None = None
         self._last_pts = -1
         self._last_sent: tuple[float, float] | None = None  # (wall time, camera time)
-        self._last_frame: VideoFrame | None = None
+        self._last_offered: VideoFrame | None = None
 
     def offer(self, frame: VideoFrame, captured_at: float) -> None:
-        """Queue `frame` (its camera frame arrived at `captured_at`); safe from any thread."""
+        """Queue `frame` (its camera frame arrived at `captured_at`); called from one engine thread."""
+        if frame is self._last_offered:
+            # A repeated result (similarity filter): the encoder may still hold the first one and
+            # recv() stamps pts on it, so it goes out as a copy, made here and not on the event loop.
+            frame = VideoFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name)
+        else:
+            self._last_offered = frame
         self._event_loop.call_soon_threadsafe(self._put, frame, captured_at)
 
     def _put(self, frame: VideoFrame, captured_at: float) -> None:
@@ -54,10 +60,6 @@ class StylizedTrack(MediaStreamTrack):
             raise MediaStreamError
         await self._pace(self._results[0][1])
         frame, captured_at = self._results.popleft()
-        if frame is self._last_frame:
-            # A repeated result (similarity filter): the encoder may still hold the first copy.
-            frame = VideoFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name)
-        self._last_frame = frame
         now = time.monotonic()
         self._last_sent = (now, captured_at)
         frame.pts = self._next_pts(now)
