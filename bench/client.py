@@ -156,8 +156,8 @@ class SyntheticCamera(MediaStreamTrack):
         return image
 
 
-def switch_latencies(frames: list[ReceivedFrame], switched_at: list[float]) -> list[float]:
-    """Seconds from each camera switch to the output frame that shows it (toggle scene).
+def switch_latencies(frames: list[ReceivedFrame], switched_at: list[float]) -> list[tuple[float, float]]:
+    """(switch time, seconds until the output frame that shows it) per camera switch (toggle scene).
 
     A switch shows as an output frame much unlike the one before it; the n-th such change
     belongs to the n-th switch (nothing is reordered, and each phase lasts many frames).
@@ -173,7 +173,7 @@ def switch_latencies(frames: list[ReceivedFrame], switched_at: list[float]) -> l
     threshold = 0.5 * float(np.median(strongest))
     shown = [at for at, size in changes if size > threshold]
     pending = [at for at in switched_at if at > frames[0].at]
-    return [seen - switched for switched, seen in zip(pending, shown, strict=False)]
+    return [(switched, seen - switched) for switched, seen in zip(pending, shown, strict=False)]
 
 
 @dataclass

@@ -2,11 +2,13 @@
 
 Each client sends a 640x480 synthetic camera at --fps for --seconds; the figures are per
 client: frames out per second, glass-to-glass latency p50/p95 (from the frame index in the
-pixels, so only for structure-keeping transforms: passthrough, invert), and the frames the
-server dropped; plus the server process's CPU use. Prints a table and writes JSON.
+pixels for structure-keeping transforms; with --scene toggle, per scene switch for any
+deterministic transform), and the frames the server dropped; plus the server process's CPU
+use. Prints a table and writes JSON.
 
-    python -m bench.stream --transform passthrough --width 640 --height 480
+    python -m bench.stream -- --transform passthrough --width 640 --height 480
     python -m bench.stream --clients 4 --seconds 30 -- --transform invert --delay-ms 50
+    python -m bench.stream --scene toggle -- --model tiny --width 256 --height 256
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import aiohttp
 import psutil
 
-from bench.client import StreamClient
+from bench.client import StreamClient, switch_latencies
 from bench.engine import camera_frame, engine_fps, without_similarity
 from bench.serve import ROOT, ServerProcess
 from settings import load_settings
@@ -46,7 +48,11 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 def client_figures(client: StreamClient, start: float, end: float) -> dict[str, Any]:
     frames = [frame for frame in client.received if start <= frame.at < end]
-    latencies_ms = [frame.latency_s * 1000 for frame in frames if frame.latency_s is not None]
+    if client.scene == "toggle":
+        timed = switch_latencies(client.received, client.camera.switched_at)
+        latencies_ms = [latency * 1000 for switched, latency in timed if start <= switched < end]
+    else:
+        latencies_ms = [frame.latency_s * 1000 for frame in frames if frame.latency_s is not None]
     last_stats = client.stats[-1] if client.stats else {}
     p50, p95 = percentile(latencies_ms, 0.5), percentile(latencies_ms, 0.95)
     return {
@@ -68,7 +74,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if health["status"] != "ok":
             raise SystemExit(f"server failed to start: {health.get('error')}")
         process = psutil.Process(server.process.pid)
-        clients = [StreamClient(server.url, fps=args.fps) for _ in range(args.clients)]
+        clients = [StreamClient(server.url, fps=args.fps, scene=args.scene) for _ in range(args.clients)]
         await asyncio.gather(*(client.connect() for client in clients))
         await asyncio.sleep(WARMUP_S)
         process.cpu_percent()
@@ -130,6 +136,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=1, help="concurrent aiortc clients (default 1)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time (default 20)")
     parser.add_argument("--fps", type=float, default=30.0, help="camera frame rate per client (default 30)")
+    parser.add_argument(
+        "--scene",
+        choices=["index", "toggle"],
+        default="index",
+        help="index: latency of every frame from the index in its pixels (passthrough, invert); "
+        "toggle: the camera switches scene every second and latency is timed per switch (any transform)",
+    )
     parser.add_argument(
         "--efficiency",
         action="store_true",
