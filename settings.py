@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         "auto", description="model precision; auto is float16 on CUDA, float32 on the CPU"
     )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="torch threads per model stage on the CPU; default: the cores shared among the stages, "
+        "which run at once (more would make their threads fight for the cores)",
+    )
     batch: int = Field(
         1, ge=1, le=8, description="camera frames of one session per model call: more throughput, more latency"
     )

@@ -77,8 +77,10 @@ def engine_fps(engine: FrameEngine, frame: Any, seconds: float) -> float:
 
 
 def camera_frame() -> VideoFrame:
+    """A 640x480 camera frame in yuv420p, as the VP8 decoder hands frames to the engine."""
     rng = np.random.default_rng(0)
-    return VideoFrame.from_ndarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), format="rgb24")
+    picture = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    return VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

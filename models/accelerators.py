@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,26 @@ def accelerate(model: DiffusionModel, wanted: Accelerators) -> list[str]:
         applied.append("compile")
     logger.info("accelerators applied: %s", ", ".join(applied) or "none")
     return applied
+
+
+def share_cpu_threads(stage_count: int, requested: int | None = None) -> int:
+    """Set torch's intra-op threads for the engine's stage threads on the CPU; returns the count.
+
+    Each stage thread that runs torch ops gets its own pool of that many threads, and the
+    stages run at once: torch's default (every core for each pool) oversubscribes the cores,
+    and a parallel op then waits for its slowest, descheduled thread. One share of the cores
+    per stage keeps them busy without that (2 cores: 18.7 instead of 15.2 fps for the tiny
+    model, BENCHMARKS.md). Called before the stage threads start: they take the count then.
+    """
+    threads = requested or max(1, available_cores() // max(1, stage_count))
+    torch.set_num_threads(threads)
+    logger.info("CPU: %d torch thread(s) per stage for %d stages on %d cores", threads, stage_count, available_cores())
+    return threads
+
+
+def available_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _stable_fast(model: DiffusionModel) -> None:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from av import VideoFrame
 from diffusers import StableDiffusionPipeline
 from peft import LoraConfig, get_peft_model_state_dict
 
+from models.accelerators import available_cores
 from models.loading import DiffusionModel, load_model
 from models.stream import LcmStream
 from models.tiny import tiny_unet
+from settings import Settings
 from transforms.base import FrameJob
+from transforms.catalog import build_engine
 from transforms.diffusion import DiffusionTransform, one_frame_per_session
 from transforms.engine import EngineSession
 from transforms.params import StyleParams
@@ -150,3 +155,25 @@ def test_a_sessions_frames_take_separate_stream_batch_calls() -> None:
     jobs = [FrameJob(s, float(t), s.params, None) for t, s in enumerate([a, a, b, a])]
     rounds = one_frame_per_session(jobs)
     assert [[job.received_at for job in round_] for round_ in rounds] == [[0.0, 2.0], [1.0], [3.0]]
+
+
+def stage_thread_count() -> int:
+    """torch's intra-op threads as a thread started now (a stage thread) sees them."""
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+@pytest.mark.parametrize(("requested", "expected"), [(None, max(1, available_cores() // 4)), (3, 3)])
+def test_the_cores_are_shared_among_the_stage_threads(requested: int | None, expected: int) -> None:
+    """On the CPU the four stages run at once: each gets its share of the cores (or --cpu-threads),
+    not torch's default of every core each, which makes them fight and the stream slower."""
+    default = torch.get_num_threads()
+    try:
+        engine = build_engine(Settings(model="tiny", width=64, height=64, device="cpu", cpu_threads=requested))
+        assert len(engine.transform.stages()) == 4
+        assert stage_thread_count() == expected
+    finally:
+        torch.set_num_threads(default)

@@ -26,7 +26,7 @@ def build_diffusion(settings: Settings) -> Transform:
     """Load the model (minutes on a first download) and wrap it as a transform."""
     # Imported here: torch and diffusers take seconds to import, and --help, a settings
     # error or a filter transform should not wait for them.
-    from models.accelerators import Accelerators, accelerate
+    from models.accelerators import Accelerators, accelerate, share_cpu_threads
     from models.loading import ModelLoadError, load_model
     from models.stream import LcmStream
     from transforms.diffusion import DiffusionTransform
@@ -41,6 +41,8 @@ def build_diffusion(settings: Settings) -> Transform:
     )
     stream = LcmStream(model, cuda_graphs=settings.cuda_graphs)
     transform = DiffusionTransform(stream, settings.width, settings.height, stream_batch=settings.stream_batch)
+    if model.device.type == "cpu":
+        share_cpu_threads(len(transform.stages()), settings.cpu_threads)
     logger.info("warming up the model")
     transform.warm_up()
     return transform
