@@ -33,6 +33,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from models.accelerators import Accelerators, accelerate
 from models.lcm import unet_evaluations
 from models.loading import DiffusionModel, load_model, resolve_device, resolve_dtype
 from models.stream import LcmStream
@@ -217,12 +218,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model = build_sd15(device, dtype) if args.arch == "sd15" else load_model("tiny", "", None, str(device), args.dtype)
-    if args.channels_last and device.type == "cuda":
-        for module in (model.unet, model.autoencoder):
-            module.to(memory_format=torch.channels_last)
-    if args.compile:
-        for module in (model.unet, model.autoencoder.encoder, model.autoencoder.decoder):
-            module.compile(dynamic=False)
+    accelerate(model, Accelerators(channels_last=args.channels_last, compile=args.compile))
     frames = camera_frames(args.size)
     eager, graphed = LcmStream(model), LcmStream(model, cuda_graphs=True)
     fastest = graphed if device.type == "cuda" else eager
@@ -335,7 +331,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, default=4, help="frames batched across sessions (default 4)")
     parser.add_argument("--frames", type=int, default=30, help="timed calls per mode (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last layout (CUDA)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last layout (the server default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet and TAESD first")
     parser.add_argument(
         "--modes",

@@ -26,12 +26,11 @@ def accelerate(model: DiffusionModel, wanted: Accelerators) -> list[str]:
     applied = []
     on_gpu = model.device.type == "cuda"
     if wanted.channels_last:
-        if on_gpu:
-            for module in (model.unet, model.autoencoder):
-                module.to(memory_format=torch.channels_last)
-            applied.append("channels_last")
-        else:
-            logger.info("channels_last: skipped on %s (it helps CUDA convolutions only)", model.device)
+        # CUDA's and the CPU's (oneDNN) convolutions both prefer it: on the CPU VM the tiny
+        # TAESD decodes in 12.5 instead of 20 ms at 256 px.
+        for module in (model.unet, model.autoencoder):
+            module.to(memory_format=torch.channels_last)
+        applied.append("channels_last")
     if wanted.stable_fast:
         if not on_gpu:
             logger.info("stable-fast: skipped on %s (it compiles for CUDA)", model.device)
