@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     batch: int = Field(
         1, ge=1, le=8, description="camera frames of one session per model call: more throughput, more latency"
     )
-    channels_last: bool = Field(True, description="channels-last memory layout (faster convolutions on CUDA and the CPU)")
+    channels_last: bool = Field(True, description="channels-last memory layout (faster convolutions, CUDA and CPU)")
     compile: bool = Field(False, description="torch.compile the UNet and TAESD (slow first frames)")
     stable_fast: bool = Field(False, description="compile with stable-fast when it is installed (CUDA)")
     cuda_graphs: bool = Field(True, description="replay each model stage as a CUDA graph (CUDA only)")

@@ -103,7 +103,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.efficiency:
         engine = build_engine(without_similarity(load_settings(server_args)))
-        alone = await asyncio.to_thread(engine_fps, engine, camera_frame(), 8.0)
+        alone = await asyncio.to_thread(engine_fps, engine, camera_frame(), args.seconds)
         total = sum(row["fps_out"] for row in figures)
         result["engine_alone_fps"] = round(alone, 2)
         result["efficiency"] = round(total / alone, 3) if alone else None
@@ -146,7 +146,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--efficiency",
         action="store_true",
-        help="also time the same transform with no WebRTC (in this process) and report fps out / that",
+        help="also time the same transform with no WebRTC (in this process, as long) and report fps out / that",
     )
     parser.add_argument("--json", type=Path, default=RESULTS / "stream.json", help="JSON result file")
     parser.add_argument("server_args", nargs="*", help="server.py arguments, after --")

@@ -53,8 +53,8 @@ def share_cpu_threads(stage_count: int, requested: int | None = None) -> int:
     Each stage thread that runs torch ops gets its own pool of that many threads, and the
     stages run at once: torch's default (every core for each pool) oversubscribes the cores,
     and a parallel op then waits for its slowest, descheduled thread. One share of the cores
-    per stage keeps them busy without that (2 cores: 18.7 instead of 15.2 fps for the tiny
-    model, BENCHMARKS.md). Called before the stage threads start: they take the count then.
+    per stage keeps them busy without that (2 cores, tiny model: 21-24 instead of 17-18 fps,
+    BENCHMARKS.md). Called before the stage threads start: they take the count then.
     """
     threads = requested or max(1, available_cores() // max(1, stage_count))
     torch.set_num_threads(threads)

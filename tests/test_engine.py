@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 from transforms.base import FrameJob, Stage, Transform
 from transforms.engine import EngineSession, FrameEngine
 from transforms.params import StyleParams
+from transforms.priority import SUPPORTING_STAGE_NICE
 from transforms.similarity import SimilarityFilter
 
 
@@ -153,6 +155,32 @@ def test_a_closed_session_gets_nothing_more() -> None:
         assert len(collector.results) <= delivered + 1
         assert engine.session_count == 0
     assert all(job.data != 999 for _, job in collector.results)
+
+
+class NiceStage(SleepStage):
+    """Records the CPU priority (nice) of the thread it runs in."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, 0.0)
+        self.nice: int | None = None
+
+    def process(self, jobs: Sequence[FrameJob]) -> None:
+        self.nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_the_model_stage_keeps_its_priority_and_the_others_yield_to_it() -> None:
+    """On a busy CPU the model stage (the bottleneck) gets a core first; the process's own
+    priority is left alone (the event loop, which carries the WebRTC traffic, keeps it)."""
+    stages = [NiceStage(name) for name in ("a", "b", "c")]
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    with running(FrameEngine(SleepTransform(*stages))) as engine:
+        session, collector = open_session(engine)
+        feed(engine, [session], seconds=0.3)
+        time.sleep(0.1)
+    assert collector.results
+    lowered = min(own + SUPPORTING_STAGE_NICE, 19)
+    assert [stage.nice for stage in stages] == [lowered, own, lowered]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == own
 
 
 def test_delay_ms_slows_the_model_stage() -> None:
