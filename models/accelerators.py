@@ -47,19 +47,18 @@ def accelerate(model: DiffusionModel, wanted: Accelerators) -> list[str]:
     return applied
 
 
-def share_cpu_threads(stage_count: int, requested: int | None = None) -> int:
-    """Set torch's intra-op threads for the engine's stage threads on the CPU; returns the count.
+def share_cpu_threads(stage_count: int, requested: int | None = None) -> None:
+    """Set torch's intra-op threads for the engine's stage threads on the CPU.
 
     Each stage thread that runs torch ops gets its own pool of that many threads, and the
     stages run at once: torch's default (every core for each pool) oversubscribes the cores,
     and a parallel op then waits for its slowest, descheduled thread. One share of the cores
-    per stage keeps them busy without that (2 cores, tiny model: 21-24 instead of 17-18 fps,
-    BENCHMARKS.md). Called before the stage threads start: they take the count then.
+    per stage keeps them busy without that (2 cores, tiny model, engine alone: 19-24 instead
+    of 17-18 fps, BENCHMARKS.md). Called before the stage threads start: they take the count then.
     """
     threads = requested or max(1, available_cores() // max(1, stage_count))
     torch.set_num_threads(threads)
     logger.info("CPU: %d torch thread(s) per stage for %d stages on %d cores", threads, stage_count, available_cores())
-    return threads
 
 
 def available_cores() -> int:

@@ -8,7 +8,7 @@ Real time rules (DESIGN.md):
   freshest one. Latency stays near one pass through the stages.
 - Stages run in their own threads and overlap; a stage takes every job waiting for it
   (frames of all sessions) as one batch. The model stage, the bottleneck, runs at normal
-  CPU priority and the others below it, so it never waits for a core.
+  CPU priority and the others below it, so it waits less for a core.
 """
 
 from __future__ import annotations
