@@ -18,6 +18,7 @@ import asyncio
 import datetime
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -32,6 +33,7 @@ from bench.engine import camera_frame, engine_fps, without_similarity
 from bench.serve import ROOT, ServerProcess
 from settings import load_settings
 from transforms.catalog import build_engine
+from transforms.priority import LOWEST_PRIORITY_NICE
 
 logger = logging.getLogger("bench.stream")
 
@@ -74,6 +76,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if health["status"] != "ok":
             raise SystemExit(f"server failed to start: {health.get('error')}")
         process = psutil.Process(server.process.pid)
+        if args.client_nice:
+            lower_client_priority(args.client_nice)
         clients = [StreamClient(server.url, fps=args.fps, scene=args.scene) for _ in range(args.clients)]
         await asyncio.gather(*(client.connect() for client in clients))
         await asyncio.sleep(WARMUP_S)
@@ -96,6 +100,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_args": server_args,
         "clients": args.clients,
         "camera_fps": args.fps,
+        "client_nice": args.client_nice,
         "seconds": args.seconds,
         "server_cpu_percent": round(cpu, 1),
         "engine": server_stats["engine"],
@@ -108,6 +113,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["engine_alone_fps"] = round(alone, 2)
         result["efficiency"] = round(total / alone, 3) if alone else None
     return result
+
+
+def lower_client_priority(nice: int) -> None:
+    """Lower every thread of this process (the clients; the server is its own process) by `nice`;
+    threads started later inherit it. On a machine shared with the server the clients then take
+    only the CPU the server leaves, as browsers on other machines would."""
+    for thread in psutil.Process().threads():
+        lowered = min(LOWEST_PRIORITY_NICE, os.getpriority(os.PRIO_PROCESS, thread.id) + nice)
+        os.setpriority(os.PRIO_PROCESS, thread.id, lowered)
 
 
 def machine_description() -> str:
@@ -147,6 +161,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--efficiency",
         action="store_true",
         help="also time the same transform with no WebRTC (in this process, as long) and report fps out / that",
+    )
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="0-19",
+        help="run the clients this much below the server's CPU priority once it is up (default 0: equal); "
+        "on one machine they then stand for browsers on other machines",
     )
     parser.add_argument("--json", type=Path, default=RESULTS / "stream.json", help="JSON result file")
     parser.add_argument("server_args", nargs="*", help="server.py arguments, after --")
