@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import sys
 import threading
@@ -26,13 +25,13 @@ from typing import Any
 import numpy as np
 from av import VideoFrame
 
+from bench.results import RESULTS, write_result
 from settings import Settings, load_settings
 from transforms.base import FrameJob, Stage, Transform
 from transforms.catalog import build_engine
 from transforms.engine import FrameEngine
 from transforms.params import StyleParams
 
-RESULTS = Path(__file__).resolve().parent / "results"
 logger = logging.getLogger("bench.engine")
 
 
@@ -151,9 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{real['settings']}: serial {real['serial_fps']} fps, pipelined {real['pipelined_fps']} fps "
         f"({real['speedup']}x)"
     )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.json}")
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

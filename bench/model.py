@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import platform
 import sys
@@ -33,13 +32,13 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from bench.results import RESULTS, write_result
 from models.accelerators import Accelerators, accelerate
 from models.lcm import unet_evaluations
 from models.loading import DiffusionModel, load_model, resolve_device, resolve_dtype
 from models.stream import LcmStream
 from models.tiny import SCHEDULER_CONFIG, write_tokenizer
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT = "a watercolor portrait, soft light"
 SEED = 42
 SD15_GUIDANCE_EMBEDDING_DIM = 256  # LCM-Dreamshaper-v7's UNet
@@ -353,9 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     result = measure(args)
     print_table(result)
     path = args.json or RESULTS / f"model-{args.arch}-{result['device'].split(':')[0]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    write_result(path, result)
 
 
 if __name__ == "__main__":

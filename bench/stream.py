@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import logging
 import os
 import platform
@@ -30,14 +29,14 @@ import psutil
 
 from bench.client import StreamClient, switch_latencies
 from bench.engine import camera_frame, engine_fps, without_similarity
-from bench.serve import ROOT, ServerProcess
+from bench.results import RESULTS, write_result
+from bench.serve import ServerProcess
 from settings import load_settings
 from transforms.catalog import build_engine
 from transforms.priority import LOWEST_PRIORITY_NICE
 
 logger = logging.getLogger("bench.stream")
 
-RESULTS = ROOT / "bench" / "results"
 WARMUP_S = 2.0  # codec start and the first keyframe are not steady state
 
 
@@ -184,9 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = asyncio.run(run(args))
     print_table(result)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.json}")
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":
