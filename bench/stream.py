@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import datetime
 import logging
-import os
 import platform
 import sys
 import time
@@ -33,7 +32,7 @@ from bench.results import RESULTS, write_result
 from bench.serve import ServerProcess
 from settings import load_settings
 from transforms.catalog import build_engine
-from transforms.priority import LOWEST_PRIORITY_NICE
+from transforms.priority import lower_priority
 
 logger = logging.getLogger("bench.stream")
 
@@ -119,8 +118,7 @@ def lower_client_priority(nice: int) -> None:
     threads started later inherit it. On a machine shared with the server the clients then take
     only the CPU the server leaves, as browsers on other machines would."""
     for thread in psutil.Process().threads():
-        lowered = min(LOWEST_PRIORITY_NICE, os.getpriority(os.PRIO_PROCESS, thread.id) + nice)
-        os.setpriority(os.PRIO_PROCESS, thread.id, lowered)
+        lower_priority(thread.id, nice)
 
 
 def machine_description() -> str:

@@ -56,9 +56,10 @@ def share_cpu_threads(stage_count: int, requested: int | None = None) -> None:
     per stage keeps them busy without that (2 cores, tiny model, engine alone: 19-24 instead
     of 17-18 fps, BENCHMARKS.md). Called before the stage threads start: they take the count then.
     """
-    threads = requested or max(1, available_cores() // max(1, stage_count))
+    cores = available_cores()
+    threads = requested or max(1, cores // max(1, stage_count))
     torch.set_num_threads(threads)
-    logger.info("CPU: %d torch thread(s) per stage for %d stages on %d cores", threads, stage_count, available_cores())
+    logger.info("CPU: %d torch thread(s) per stage for %d stages on %d cores", threads, stage_count, cores)
 
 
 def available_cores() -> int:

@@ -26,8 +26,12 @@ def lower_this_thread_priority(nice: int = SUPPORTING_STAGE_NICE) -> None:
     if sys.platform != "linux":
         return
     try:
-        thread = threading.get_native_id()
-        lowered = min(LOWEST_PRIORITY_NICE, os.getpriority(os.PRIO_PROCESS, thread) + nice)
-        os.setpriority(os.PRIO_PROCESS, thread, lowered)
+        lower_priority(threading.get_native_id(), nice)
     except OSError as exc:
         logger.info("could not lower the priority of %s: %s", threading.current_thread().name, exc)
+
+
+def lower_priority(thread: int, nice: int) -> None:
+    """Lower a thread's priority (its Linux thread id) by `nice`, down to the lowest there is."""
+    lowered = min(LOWEST_PRIORITY_NICE, os.getpriority(os.PRIO_PROCESS, thread) + nice)
+    os.setpriority(os.PRIO_PROCESS, thread, lowered)
