@@ -6,6 +6,8 @@ what changes live (prompt, strength, ...) is a live parameter in transforms/para
 
 from __future__ import annotations
 
+import importlib.util
+import ipaddress
 import json
 import os
 from collections.abc import Sequence
@@ -56,6 +58,17 @@ class Settings(BaseSettings):
     )
     key: Path | None = Field(None, description="TLS private key (PEM) for --cert")
     token: str | None = Field(None, description="if set, POST /offer needs 'Authorization: Bearer <token>'")
+    udp_ports: str | None = Field(
+        None,
+        pattern=r"^\d{1,5}-\d{1,5}$",
+        description="UDP ports for WebRTC media, as FIRST-LAST (e.g. 40000-40100): publish this range from a "
+        "container; default: any port the system gives",
+    )
+    announced_address: str | None = Field(
+        None,
+        description="IP address put in the host candidates of answers instead of this machine's own: the "
+        "address browsers reach (e.g. the Docker host's), when the server runs behind a port mapping",
+    )
     max_sessions: int = Field(4, ge=1, le=64, description="concurrent streams; more get 503")
     ice_servers: list[IceServer] = Field(
         [],
@@ -89,7 +102,11 @@ class Settings(BaseSettings):
     )
     channels_last: bool = Field(True, description="channels-last memory layout (faster convolutions, CUDA and CPU)")
     compile: bool = Field(False, description="torch.compile the UNet and TAESD (slow first frames)")
-    stable_fast: bool = Field(False, description="compile with stable-fast when it is installed (CUDA)")
+    stable_fast: bool = Field(
+        False,
+        description="compile the UNet and TAESD with stable-fast instead of --compile (CUDA; needs the "
+        "stable-fast package built for the installed torch; stylecam's CUDA graphs replace its own)",
+    )
     cuda_graphs: bool = Field(True, description="replay each model stage as a CUDA graph (CUDA only)")
     stream_batch: bool = Field(
         False,
@@ -110,6 +127,11 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, ge=1, le=64, description="most frames (from different sessions) one stage call takes")
     frame_timeout_s: float = Field(10.0, gt=0, description="a session with no camera frame for this long is closed")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    check: bool = Field(
+        False,
+        description="load the transform, push frames through the engine, print device, model, stage times "
+        "and fps, then exit (0: it works); serves nothing",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
@@ -119,6 +141,40 @@ class Settings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file not found: {path}")
         return self
+
+    @model_validator(mode="after")
+    def _network(self) -> Settings:
+        ports = self.udp_port_range
+        if ports is not None:
+            first, last = ports
+            if not 1024 <= first <= last <= 65535:
+                raise ValueError(f"--udp-ports: FIRST-LAST within 1024-65535, FIRST <= LAST (got {self.udp_ports})")
+        if self.announced_address is not None:
+            try:
+                ipaddress.ip_address(self.announced_address)
+            except ValueError:
+                address = self.announced_address
+                raise ValueError(f"--announced-address must be an IP address (got {address!r})") from None
+        return self
+
+    @model_validator(mode="after")
+    def _accelerators(self) -> Settings:
+        if self.stable_fast and self.compile:
+            raise ValueError("--stable-fast and --compile both compile the model: choose one")
+        if self.stable_fast and importlib.util.find_spec("sfast") is None:
+            raise ValueError(
+                "--stable-fast needs the stable-fast package built for the installed torch "
+                "(https://github.com/chengzeyi/stable-fast); --compile is the supported alternative"
+            )
+        return self
+
+    @property
+    def udp_port_range(self) -> tuple[int, int] | None:
+        """(first, last) of --udp-ports, both included; None when any port will do."""
+        if self.udp_ports is None:
+            return None
+        first, last = self.udp_ports.split("-")
+        return int(first), int(last)
 
     @classmethod
     def settings_customise_sources(
