@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from settings import Settings, SettingsFileError, describe_errors, load_settings
 from signaling.app import build_app
 from transforms.catalog import build_engine
-from transforms.host import EngineHost
+from transforms.host import EngineHost, TransformLoadError
+from transforms.selfcheck import run_check
 
 logger = logging.getLogger("stylecam")
 
@@ -30,6 +31,24 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def check(settings: Settings) -> None:
+    """`--check`: load, run frames through the real engine, report on stdout; exit 1 on failure."""
+    # The check times the model: the similarity filter would answer some frames without it.
+    settings = settings.model_copy(update={"similarity_threshold": 0.0})
+    try:
+        engine = build_engine(settings)
+    except TransformLoadError as exc:
+        raise SystemExit(f"stylecam check: FAILED: {exc}") from None
+    engine.start()
+    try:
+        report = run_check(engine, engine.transform.details())
+    finally:
+        engine.stop()
+    sys.stdout.write(report.render() + "\n")
+    if report.failure is not None:
+        raise SystemExit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
@@ -40,8 +59,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.log_level != "DEBUG":
         logging.getLogger("aioice").setLevel(logging.WARNING)  # a line per ICE check otherwise
+    if settings.check:
+        check(settings)
+        return
     context = tls_context(settings)
-    host = EngineHost(lambda: build_engine(settings), transform=settings.transform, device=settings.device)
+    host = EngineHost(lambda warn: build_engine(settings, warn), transform=settings.transform, device=settings.device)
     scheme = "https" if context else "http"
     logger.info("stylecam %s on %s://%s:%d", settings.transform, scheme, settings.host, settings.port)
     web.run_app(

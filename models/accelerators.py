@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.loading import DiffusionModel
+from models.loading import DiffusionModel, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,10 @@ class Accelerators:
 
 
 def accelerate(model: DiffusionModel, wanted: Accelerators) -> list[str]:
-    """Apply what `wanted` asks for and the machine allows; returns the names applied."""
+    """Apply what `wanted` asks for and the machine allows; returns the names applied.
+
+    Raises ModelLoadError for stable-fast where it cannot run (settings.py refuses it without
+    its package, or together with --compile)."""
     applied = []
     on_gpu = model.device.type == "cuda"
     if wanted.channels_last:
@@ -33,13 +36,10 @@ def accelerate(model: DiffusionModel, wanted: Accelerators) -> list[str]:
         applied.append("channels_last")
     if wanted.stable_fast:
         if not on_gpu:
-            logger.info("stable-fast: skipped on %s (it compiles for CUDA)", model.device)
-        elif importlib.util.find_spec("sfast") is None:
-            logger.info("stable-fast: skipped, the package is not installed (pip install stable-fast)")
-        else:
-            _stable_fast(model)
-            applied.append("stable_fast")
-    if wanted.compile and "stable_fast" not in applied:
+            raise ModelLoadError(f"--stable-fast compiles for CUDA; on {model.device} leave it off")
+        _stable_fast(model)
+        applied.append("stable_fast")
+    if wanted.compile:
         for module in (model.unet, model.autoencoder.encoder, model.autoencoder.decoder):
             module.compile(dynamic=False)
         applied.append("compile")
@@ -71,7 +71,7 @@ def _stable_fast(model: DiffusionModel) -> None:
     from sfast.compilers.diffusion_pipeline_compiler import CompilationConfig, compile_unet, compile_vae
 
     config = CompilationConfig.Default()
-    config.enable_cuda_graph = True
+    config.enable_cuda_graph = False  # stylecam captures each stage itself (models/graphs.py)
     config.enable_xformers = importlib.util.find_spec("xformers") is not None
     config.enable_triton = importlib.util.find_spec("triton") is not None
     model.unet = compile_unet(model.unet, config)

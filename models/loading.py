@@ -19,6 +19,7 @@ from diffusers import AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionM
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from models import devices
 from models.tiny import write_tiny_model
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 TINY_MODEL = "tiny"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 OFFLINE_ERRORS = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)
+LATENT_CHANNELS = 4  # SD 1.5's and TAESD's latent space
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 WHERE_WEIGHTS_COME_FROM = (
     "Weights come from the Hugging Face hub on first run (then from its cache): check the id "
@@ -84,6 +86,7 @@ def load_model(model: str, vae: str, lora: str | None, device: str, dtype: str) 
     quiet_libraries()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    devices.bind_thread(torch_device)
     if model == TINY_MODEL:
         with tempfile.TemporaryDirectory(prefix="stylecam-tiny-") as folder:
             model_folder, vae_folder = write_tiny_model(Path(folder))
@@ -108,6 +111,7 @@ def _load(
         pipeline = _attempt(f"the model file {model!r}", StableDiffusionPipeline.from_single_file, model, **options)
     else:
         pipeline = _attempt(f"the model {model!r}", StableDiffusionPipeline.from_pretrained, model, **options)
+    refuse_unsupported(pipeline, name)
     if lora:
         _attempt(f"the LoRA {lora!r}", pipeline.load_lora_weights, lora)
         pipeline.fuse_lora()
@@ -128,6 +132,24 @@ def _load(
         dtype=dtype,
         name=name,
     )
+
+
+def refuse_unsupported(pipeline: StableDiffusionPipeline, name: str) -> None:
+    """The stream's LCM update predicts epsilon from 4 latent channels; other checkpoints would
+    load and silently give garbage (diffusers' LCM pipelines refuse them too)."""
+    prediction = pipeline.scheduler.config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ModelLoadError(
+            f"the model {name!r} predicts {prediction!r} (e.g. an SD 2.x 768-v checkpoint); stylecam's LCM "
+            "loop needs an epsilon-prediction SD 1.5 model such as SimianLuo/LCM_Dreamshaper_v7, or an SD 1.5 "
+            "model with --lora latent-consistency/lcm-lora-sdv1-5"
+        )
+    channels = pipeline.unet.config.in_channels
+    if channels != LATENT_CHANNELS:
+        raise ModelLoadError(
+            f"the model {name!r} has a UNet with {channels} input channels (an inpainting or depth model); "
+            f"stylecam needs a plain text-to-image SD 1.5 model ({LATENT_CHANNELS} latent channels)"
+        )
 
 
 def _attempt(what: str, load: Any, *args: Any, **kwargs: Any) -> Any:

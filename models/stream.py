@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -23,6 +22,8 @@ from functools import lru_cache, partial
 import numpy as np
 import torch
 
+from models import devices
+from models.cache import BoundedCache
 from models.graphs import GraphCache
 from models.lcm import LcmSchedule, draw_noise, guidance_embedding, lcm_schedule
 from models.loading import DiffusionModel
@@ -31,16 +32,26 @@ from models.prompts import PromptEncoder
 logger = logging.getLogger(__name__)
 
 NOISE_CACHE_SIZE = 32  # (seed, size) pairs kept on the device
+GUIDANCE_CACHE_SIZE = 64  # guidance scales kept on the device (a slider moves in 0.1 steps)
+GRAPHED_STAGES = ("encode", "denoise", "decode")  # one graph cache each: each runs in its own thread
 
 
 @dataclass(frozen=True)
 class FrameCondition:
-    """What one frame is denoised with: its session's prompt, guidance and noise."""
+    """What one frame is denoised with: its session's prompt, guidance and noise, on the device.
+
+    `guidance` is the w-embedding row (1, dim) of an LCM-distilled model, or the scale as a
+    (1, 1, 1, 1) tensor for classic guidance (then `negative` is set too), or None.
+    """
 
     prompt: torch.Tensor
     negative: torch.Tensor | None
-    guidance_scale: float
+    guidance: torch.Tensor | None
     noise: torch.Tensor
+
+    @property
+    def classic(self) -> bool:
+        return self.negative is not None
 
 
 class LcmStream:
@@ -49,15 +60,16 @@ class LcmStream:
     def __init__(self, model: DiffusionModel, cuda_graphs: bool = False) -> None:
         """`cuda_graphs` replays each stage as a CUDA graph per shape and schedule (CUDA only)."""
         self.model = model
-        self._graphs = GraphCache(enabled=cuda_graphs and model.device.type == "cuda")
-        if cuda_graphs and not self._graphs.enabled:
+        graphed = cuda_graphs and model.device.type == "cuda"
+        if cuda_graphs and not graphed:
             logger.info("cuda_graphs: skipped on %s (CUDA only)", model.device)
+        self.graphs = {stage: GraphCache(enabled=graphed) for stage in GRAPHED_STAGES}
         self.prompts = PromptEncoder(model)
         self._schedule = lru_cache(maxsize=64)(self._compute_schedule)
-        self._noise: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._noise: BoundedCache[tuple[int, int, int], torch.Tensor] = BoundedCache(NOISE_CACHE_SIZE)
+        self._guidance: BoundedCache[float, torch.Tensor | None] = BoundedCache(GUIDANCE_CACHE_SIZE)
         self._timesteps: dict[int, torch.Tensor] = {}
         self._columns: dict[LcmSchedule, dict[str, torch.Tensor]] = {}
-        self._lock = threading.Lock()
         self._scaling = float(model.autoencoder.config.scaling_factor)
 
     def classic_guidance(self, guidance_scale: float) -> bool:
@@ -69,22 +81,35 @@ class LcmStream:
 
     def noise(self, seed: int, height: int, width: int) -> torch.Tensor:
         """The session's fixed noise for a picture of height x width, on the device."""
-        key = (seed, height, width)
-        with self._lock:
-            noise = self._noise.get(key)
-            if noise is None:
-                shape = (self.model.unet.config.in_channels, *self.latent_size(height, width))
-                noise = draw_noise(seed, shape).to(self.model.device, self.model.dtype)
-                if len(self._noise) >= NOISE_CACHE_SIZE:
-                    self._noise.pop(next(iter(self._noise)))
-                self._noise[key] = noise
-            return noise
+
+        def draw() -> torch.Tensor:
+            shape = (self.model.unet.config.in_channels, *self.latent_size(height, width))
+            return draw_noise(seed, shape).to(self.model.device, self.model.dtype)
+
+        return self._noise.get((seed, height, width), draw)
+
+    def guidance(self, guidance_scale: float) -> torch.Tensor | None:
+        """The scale as the UNet takes it, made once per scale: a w-embedding row for LCM-distilled
+        models, a (1, 1, 1, 1) factor for classic guidance, None when there is nothing to guide."""
+
+        def make() -> torch.Tensor | None:
+            dim = self.model.guidance_embedding_dim
+            device, dtype = self.model.device, self.model.dtype
+            if dim is not None:
+                return guidance_embedding([guidance_scale], dim).to(device, dtype)
+            if self.classic_guidance(guidance_scale):
+                return torch.full((1, 1, 1, 1), guidance_scale, dtype=dtype, device=device)
+            return None
+
+        return self._guidance.get(guidance_scale, make)
 
     def condition(
         self, prompt: str, negative_prompt: str, guidance_scale: float, seed: int, height: int, width: int
     ) -> FrameCondition:
         negative = self.prompts(negative_prompt) if self.classic_guidance(guidance_scale) else None
-        return FrameCondition(self.prompts(prompt), negative, guidance_scale, self.noise(seed, height, width))
+        return FrameCondition(
+            self.prompts(prompt), negative, self.guidance(guidance_scale), self.noise(seed, height, width)
+        )
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         factor = self.model.latent_downscale
@@ -99,16 +124,16 @@ class LcmStream:
         return (2.0 * pixels - 1.0).to(self.model.dtype)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self._graphs.run(("encode", tuple(pixels.shape)), self._encode, pixels)
+        return self.graphs["encode"].run(tuple(pixels.shape), self._encode, pixels)
 
     def denoise(
         self, latents: torch.Tensor, schedule: LcmSchedule, conditions: Sequence[FrameCondition]
     ) -> torch.Tensor:
-        """Run the whole schedule on a batch (with classic guidance all share one scale)."""
-        batch = Conditioning.of(self, conditions)
-        key = ("denoise", tuple(latents.shape), schedule, batch.classic_scale)
-        run = partial(self._run_schedule, schedule, batch.classic_scale)
-        return self._graphs.run(key, run, latents, *batch.tensors())
+        """Run the whole schedule on a batch (all with classic guidance, or none)."""
+        batch = Conditioning.of(conditions)
+        key = ("denoise", tuple(latents.shape), schedule, batch.classic)
+        run = partial(self._run_schedule, schedule, batch.classic)
+        return self.graphs["denoise"].run(key, run, latents, *batch.tensors())
 
     def stream_denoise(
         self,
@@ -121,18 +146,18 @@ class LcmStream:
         partly denoised (`pending`, (B, n-1, C, h, w)), each take their next one, all in one
         UNet call of n samples per session. A frame costs one UNet call at n-step quality and
         comes out n-1 calls later. Returns (finished latents, new pending)."""
-        batch = Conditioning.of(self, conditions, repeat=len(schedule.steps))
-        key = ("stream", tuple(latents.shape), schedule, batch.classic_scale)
-        run = partial(self._run_stream_step, schedule, batch.classic_scale)
-        both = self._graphs.run(key, run, latents, pending, *batch.tensors())
+        batch = Conditioning.of(conditions, repeat=len(schedule.steps))
+        key = ("stream", tuple(latents.shape), schedule, batch.classic)
+        run = partial(self._run_stream_step, schedule, batch.classic)
+        both = self.graphs["denoise"].run(key, run, latents, pending, *batch.tensors())
         return both[:, 0], both[:, 1:]
 
     def stream_prime(
         self, latents: torch.Tensor, schedule: LcmSchedule, conditions: Sequence[FrameCondition]
     ) -> torch.Tensor:
         """The first `pending` of a stream: the frame itself after 1..n-1 steps (run once)."""
-        batch = Conditioning.of(self, conditions)
-        states = self._schedule_states(schedule, batch.classic_scale, latents, *batch.tensors())
+        batch = Conditioning.of(conditions)
+        states = self._schedule_states(schedule, batch.classic, latents, *batch.tensors())
         return torch.stack(list(itertools.islice(states, len(schedule.steps) - 1)), dim=1)
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -142,36 +167,38 @@ class LcmStream:
         self,
         latents: torch.Tensor,
         timestep: torch.Tensor,
-        classic_scale: float | None,
+        classic: bool,
         text: torch.Tensor,
-        timestep_cond: torch.Tensor | None,
+        guidance: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The noise prediction, with classic guidance's unconditional pass where asked."""
-        if classic_scale is not None:
-            latents, timestep = torch.cat([latents, latents]), torch.cat([timestep.view(-1)] * 2)
-        eps = self.model.unet(
-            latents, timestep, encoder_hidden_states=text, timestep_cond=timestep_cond, return_dict=False
-        )[0]
-        if classic_scale is None:
-            return eps
+        """The noise prediction; classic guidance adds the unconditional pass and blends the two
+        with each frame's scale, LCM-distilled models take `guidance` as their w-embedding."""
+        if not classic:
+            return self.model.unet(
+                latents, timestep, encoder_hidden_states=text, timestep_cond=guidance, return_dict=False
+            )[0]
+        assert guidance is not None, "classic guidance needs its scales"
+        if timestep.dim() > 0:
+            timestep = torch.cat([timestep, timestep])
+        eps = self.model.unet(torch.cat([latents, latents]), timestep, encoder_hidden_states=text, return_dict=False)[0]
         unconditional, conditional = eps.chunk(2)
-        return unconditional + classic_scale * (conditional - unconditional)
+        return unconditional + guidance * (conditional - unconditional)
 
     def _schedule_states(
         self,
         schedule: LcmSchedule,
-        classic_scale: float | None,
+        classic: bool,
         latents: torch.Tensor,
         text: torch.Tensor,
         noise: torch.Tensor,
-        timestep_cond: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
         """Noise at the first timestep, then per timestep the UNet and scheduler.step's update;
         yields the latents after each step (renoised for the next, the last one denoised)."""
         latents = schedule.noise_sqrt_alpha * latents + schedule.noise_sqrt_beta * noise[0]
         last = len(schedule.steps) - 1
         for index, step in enumerate(schedule.steps):
-            eps = self._unet(latents, self._timestep(step.timestep), classic_scale, text, timestep_cond)
+            eps = self._unet(latents, self._timestep(step.timestep), classic, text, guidance)
             denoised = lcm_update(latents, eps, step.sqrt_alpha, step.sqrt_beta, step.c_out, step.c_skip)
             if index == last:
                 yield denoised
@@ -179,26 +206,26 @@ class LcmStream:
                 latents = step.sqrt_alpha_next * denoised + step.sqrt_beta_next * noise[index + 1]
                 yield latents
 
-    def _run_schedule(self, schedule: LcmSchedule, classic_scale: float | None, *tensors: torch.Tensor) -> torch.Tensor:
-        *_, finished = self._schedule_states(schedule, classic_scale, *tensors)
+    def _run_schedule(self, schedule: LcmSchedule, classic: bool, *tensors: torch.Tensor) -> torch.Tensor:
+        *_, finished = self._schedule_states(schedule, classic, *tensors)
         return finished
 
     def _run_stream_step(
         self,
         schedule: LcmSchedule,
-        classic_scale: float | None,
+        classic: bool,
         latents: torch.Tensor,
         pending: torch.Tensor,
         text: torch.Tensor,
         noise: torch.Tensor,
-        timestep_cond: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One stream-batch call; returns (B, n, C, h, w): the finished latents, then the new pending."""
         count, sessions = len(schedule.steps), latents.shape[0]
         entering = schedule.noise_sqrt_alpha * latents + schedule.noise_sqrt_beta * noise[0]
         samples = torch.cat([entering[:, None], pending], dim=1).flatten(0, 1)
         column = {name: values.repeat(sessions, 1, 1, 1) for name, values in self._step_columns(schedule).items()}
-        eps = self._unet(samples, column["timestep"].flatten(), classic_scale, text, timestep_cond)
+        eps = self._unet(samples, column["timestep"].flatten(), classic, text, guidance)
         denoised = lcm_update(
             samples, eps, column["sqrt_alpha"], column["sqrt_beta"], column["c_out"], column["c_skip"]
         ).unflatten(0, (sessions, count))
@@ -224,7 +251,7 @@ class LcmStream:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> (B, 3, H, W) pictures in [0, 1] on the device."""
-        return self._graphs.run(("decode", tuple(latents.shape)), self._decode, latents)
+        return self.graphs["decode"].run(tuple(latents.shape), self._decode, latents)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         pixels = self.model.autoencoder.decode(latents / self._scaling).sample
@@ -249,36 +276,41 @@ class LcmStream:
 @dataclass(frozen=True)
 class Conditioning:
     """A batch's conditioning as the UNet takes it: text states (negatives first for classic
-    guidance), noise (MAX_STEPS, B, C, h, w) and the w-embedding of LCM-distilled models."""
+    guidance), noise (MAX_STEPS, B, C, h, w) and each frame's guidance (see FrameCondition)."""
 
     text: torch.Tensor
     noise: torch.Tensor
-    timestep_cond: torch.Tensor | None
-    classic_scale: float | None
+    guidance: torch.Tensor | None
+    classic: bool
 
     @classmethod
-    def of(cls, stream: LcmStream, conditions: Sequence[FrameCondition], repeat: int = 1) -> Conditioning:
-        """`repeat` > 1 gives each frame's text and w-embedding to that many consecutive samples."""
+    def of(cls, conditions: Sequence[FrameCondition], repeat: int = 1) -> Conditioning:
+        """`repeat` > 1 gives each frame's text and guidance to that many consecutive samples."""
+        classic = conditions[0].classic
+        if any(condition.classic != classic for condition in conditions):
+            raise ValueError("a batch is all classic guidance or none of it")
+        cached = [c.prompt for c in conditions] + [c.noise for c in conditions]
         text = torch.cat([condition.prompt for condition in conditions])
-        classic = conditions[0].negative is not None
         if classic:
-            text = torch.cat([torch.cat([c.negative for c in conditions if c.negative is not None]), text])
-        timestep_cond = None
-        dim = stream.model.guidance_embedding_dim
-        if dim is not None:
-            scales = [condition.guidance_scale for condition in conditions]
-            timestep_cond = guidance_embedding(scales, dim).to(stream.model.device, stream.model.dtype)
-            timestep_cond = timestep_cond.repeat_interleave(repeat, dim=0)
+            negatives = [c.negative for c in conditions if c.negative is not None]
+            cached += negatives
+            text = torch.cat([torch.cat(negatives), text])
+        guidance = None
+        rows = [c.guidance for c in conditions if c.guidance is not None]
+        if rows:
+            cached += rows
+            guidance = torch.cat(rows).repeat_interleave(repeat, dim=0)
+        devices.keep_until_used(cached)
         return cls(
             text=text.repeat_interleave(repeat, dim=0),
             noise=torch.stack([condition.noise for condition in conditions], dim=1),
-            timestep_cond=timestep_cond,
-            classic_scale=conditions[0].guidance_scale if classic else None,
+            guidance=guidance,
+            classic=classic,
         )
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The graph inputs, in the order the runners take them."""
-        extra = (self.timestep_cond,) if self.timestep_cond is not None else ()
+        extra = (self.guidance,) if self.guidance is not None else ()
         return (self.text, self.noise, *extra)
 
 

@@ -40,7 +40,7 @@ async def start_server() -> AsyncIterator[Callable[..., Awaitable[RunningServer]
 
     async def start(**overrides: Any) -> RunningServer:
         settings = Settings(**{"host": "127.0.0.1", "port": free_port(), "transform": "invert", **overrides})
-        host = EngineHost(lambda: build_engine(settings), transform=settings.transform, device="cpu")
+        host = EngineHost(lambda warn: build_engine(settings, warn), transform=settings.transform, device="cpu")
         app = build_app(settings, host)
         runner = web.AppRunner(app)
         await runner.setup()

@@ -30,6 +30,10 @@ class Stage(ABC):
 
     name: str
 
+    def open_thread(self) -> None:
+        """Called once in the stage's own thread before its first batch (e.g. to bind the
+        thread to the device)."""
+
     @abstractmethod
     def process(self, jobs: Sequence[FrameJob]) -> None:
         """Replace each job's data with this stage's result (the jobs may come from several
@@ -46,6 +50,9 @@ class DelayedStage(Stage):
 
     def __post_init__(self) -> None:
         self.name = self.inner.name
+
+    def open_thread(self) -> None:
+        self.inner.open_thread()
 
     def process(self, jobs: Sequence[FrameJob]) -> None:
         self.inner.process(jobs)
@@ -65,6 +72,10 @@ class Transform(ABC):
     @abstractmethod
     def stages(self) -> list[Stage]:
         """The stages every frame passes, first to last; the last yields an av.VideoFrame."""
+
+    def details(self) -> dict[str, str]:
+        """What a user checking the setup wants to see (`server.py --check`)."""
+        return {"device": self.device}
 
     def prepare_params(self, session: EngineSession, params: StyleParams) -> None:
         """Precompute what `params` need (prompt embeddings) before they go live.

@@ -9,36 +9,49 @@ from settings import Settings
 from transforms.base import Transform
 from transforms.engine import FrameEngine
 from transforms.filters import FILTERS, FilterTransform
-from transforms.host import TransformLoadError
+from transforms.host import TransformLoadError, Warn
 from transforms.similarity import SimilarityFilter
 
 logger = logging.getLogger(__name__)
 
+SLOW_ON_CPU = (
+    "No CUDA GPU: a full-size model on the CPU takes seconds per frame. For a live picture run stylecam on "
+    "an NVIDIA GPU, or choose --transform cartoon (OpenCV filters, no model) or --model tiny (the diffusion "
+    "code path with a tiny test model: fast, but noise, not art)."
+)
 
-def _filter_factory(name: str) -> Callable[[Settings], Transform]:
-    def build(settings: Settings) -> Transform:
+
+def _filter_factory(name: str) -> Callable[[Settings, Warn], Transform]:
+    def build(settings: Settings, warn: Warn) -> Transform:
         return FilterTransform(name, FILTERS[name], settings.width, settings.height)
 
     return build
 
 
-def build_diffusion(settings: Settings) -> Transform:
+def build_diffusion(settings: Settings, warn: Warn) -> Transform:
     """Load the model (minutes on a first download) and wrap it as a transform."""
     # Imported here: torch and diffusers take seconds to import, and --help, a settings
     # error or a filter transform should not wait for them.
     from models.accelerators import Accelerators, accelerate, share_cpu_threads
-    from models.loading import ModelLoadError, load_model
+    from models.loading import TINY_MODEL, ModelLoadError, load_model, resolve_device
     from models.stream import LcmStream
     from transforms.diffusion import DiffusionTransform
 
     try:
-        model = load_model(settings.model, settings.vae, settings.lora, settings.device, settings.dtype)
+        on_cpu = resolve_device(settings.device).type == "cpu"
     except ModelLoadError as exc:
         raise TransformLoadError(str(exc)) from exc
-    accelerate(
-        model,
-        Accelerators(channels_last=settings.channels_last, compile=settings.compile, stable_fast=settings.stable_fast),
+    if on_cpu and settings.model != TINY_MODEL:
+        warn(SLOW_ON_CPU)
+
+    wanted = Accelerators(
+        channels_last=settings.channels_last, compile=settings.compile, stable_fast=settings.stable_fast
     )
+    try:
+        model = load_model(settings.model, settings.vae, settings.lora, settings.device, settings.dtype)
+        accelerate(model, wanted)
+    except ModelLoadError as exc:
+        raise TransformLoadError(str(exc)) from exc
     stream = LcmStream(model, cuda_graphs=settings.cuda_graphs)
     transform = DiffusionTransform(stream, settings.width, settings.height, stream_batch=settings.stream_batch)
     if model.device.type == "cpu":
@@ -48,15 +61,16 @@ def build_diffusion(settings: Settings) -> Transform:
     return transform
 
 
-TRANSFORMS: dict[str, Callable[[Settings], Transform]] = {
+TRANSFORMS: dict[str, Callable[[Settings, Warn], Transform]] = {
     "diffusion": build_diffusion,
     **{name: _filter_factory(name) for name in FILTERS},
 }
 
 
-def build_engine(settings: Settings) -> FrameEngine:
-    """The configured transform inside a frame engine (not started yet)."""
-    transform = TRANSFORMS[settings.transform](settings)
+def build_engine(settings: Settings, warn: Warn = logger.warning) -> FrameEngine:
+    """The configured transform inside a frame engine (not started yet); `warn` hears what a
+    user should know about the choice (e.g. a full-size model on a CPU)."""
+    transform = TRANSFORMS[settings.transform](settings, warn)
     similarity = (
         SimilarityFilter(settings.similarity_threshold, settings.max_skips) if settings.similarity_threshold else None
     )

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from av import VideoFrame
 
+from models import devices
 from models.lcm import LcmSchedule
 from models.stream import FrameCondition, LcmStream
 from transforms.base import FrameJob, Stage, Transform
@@ -21,19 +22,29 @@ from transforms.engine import EngineSession
 from transforms.frames import frame_to_rgb, rgb_to_frame
 from transforms.params import StyleParams
 
-GroupKey = tuple[int, float, float | None]
+GroupKey = tuple[LcmSchedule, bool]
 PENDING = "stream_batch_pending"  # a session's partly denoised latents (stream batch)
 
 
 class DiffusionStage(Stage):
-    """A stage that runs torch work without autograd bookkeeping, in its own thread."""
+    """A stage that runs torch work without autograd bookkeeping, in its own thread, on its
+    own CUDA stream; a call returns when its device work is done (models/devices.py)."""
 
     def __init__(self, stream: LcmStream) -> None:
         self.stream = stream
 
+    def open_thread(self) -> None:
+        devices.bind_thread(self.stream.model.device)
+        devices.use_own_stream(self.stream.model.device)
+
     def process(self, jobs: Sequence[FrameJob]) -> None:
+        # Held until the device is done with them: freed sooner, their memory could be given
+        # to another stage's stream while this stage's kernels still read it.
+        inputs = [job.data for job in jobs]
         with torch.inference_mode():
             self.run(jobs)
+        devices.finish_work(self.stream.model.device)
+        del inputs
 
     def run(self, jobs: Sequence[FrameJob]) -> None:
         raise NotImplementedError
@@ -75,9 +86,7 @@ class DenoiseStage(DiffusionStage):
         groups: dict[GroupKey, list[FrameJob]] = defaultdict(list)
         for job in jobs:
             groups[self._group_key(job.params)].append(job)
-        for group in groups.values():
-            params = group[0].params
-            schedule: LcmSchedule = self.stream.schedule(params.steps, params.strength)
+        for (schedule, _), group in groups.items():
             if self._stream_batch and len(schedule.steps) > 1:
                 for round_ in one_frame_per_session(group):
                     self._stream_step(round_, schedule)
@@ -107,8 +116,10 @@ class DenoiseStage(DiffusionStage):
             job.session.carry[PENDING] = (job.params, carried_on)
 
     def _group_key(self, params: StyleParams) -> GroupKey:
-        shared_scale = params.guidance_scale if self.stream.classic_guidance(params.guidance_scale) else None
-        return params.steps, params.strength, shared_scale
+        """Equal schedules (strengths that round to the same steps) share UNet calls; classic
+        guidance's two passes cannot share a call with one pass."""
+        schedule = self.stream.schedule(params.steps, params.strength)
+        return schedule, self.stream.classic_guidance(params.guidance_scale)
 
 
 class DecodeStage(DiffusionStage):
@@ -157,11 +168,30 @@ class DiffusionTransform(Transform):
             DecodeStage(self.stream),
         ]
 
+    def details(self) -> dict[str, str]:
+        model = self.stream.model
+        device = str(model.device)
+        if model.device.type == "cuda":
+            device += f" ({torch.cuda.get_device_name(model.device)})"
+        graphs = "on" if self.stream.graphs["denoise"].enabled else "off"
+        return {
+            "device": device,
+            "model": model.name,
+            "precision": str(model.dtype).removeprefix("torch."),
+            "size": "{}x{}".format(*self._size),
+            "cuda graphs": graphs,
+            "stream batch": "on" if self._stream_batch else "off",
+        }
+
     def prepare_params(self, session: EngineSession, params: StyleParams) -> None:
         """Encode the prompt, draw the noise and compute the schedule before the params go live,
         so the next frame finds them ready and the stream never stalls on a prompt change."""
+        device = self.stream.model.device
+        devices.bind_thread(device)
         self.stream.schedule(params.steps, params.strength)
-        condition(self.stream, params, *self._size)
+        with torch.inference_mode():
+            condition(self.stream, params, *self._size)
+        devices.finish_work(device)
 
     def warm_up(self) -> None:
         """Two frames through every stage before any session: kernels load and the CUDA graphs

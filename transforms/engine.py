@@ -209,6 +209,7 @@ class FrameEngine:
         if state.stage.name != self.transform.model_stage:
             lower_this_thread_priority()
         try:
+            state.stage.open_thread()
             while True:
                 jobs = self._next_batch(index)
                 if jobs is None:

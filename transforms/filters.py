@@ -92,6 +92,9 @@ class FilterTransform(Transform):
     def stages(self) -> list[Stage]:
         return [PrepareStage(*self._size), FilterStage(self._filter), FinishStage()]
 
+    def details(self) -> dict[str, str]:
+        return {**super().details(), "size": "{}x{}".format(*self._size)}
+
 
 FILTERS: dict[str, ImageFilter] = {
     "passthrough": passthrough,

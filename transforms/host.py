@@ -14,6 +14,7 @@ from transforms.engine import FrameEngine
 logger = logging.getLogger(__name__)
 
 HostStatus = Literal["loading", "ok", "error"]
+Warn = Callable[[str], None]
 
 
 class TransformLoadError(RuntimeError):
@@ -25,12 +26,14 @@ class EngineHost:
     answers /health (status "loading") while `factory` runs in a daemon thread, which also
     lets Ctrl-C end the server during a long download."""
 
-    def __init__(self, factory: Callable[[], FrameEngine], *, transform: str, device: str) -> None:
+    def __init__(self, factory: Callable[[Warn], FrameEngine], *, transform: str, device: str) -> None:
+        """`factory(warn)` builds the engine; what it passes to `warn` goes to the log and /health."""
         self._factory = factory
         self.transform = transform
         self.device = device
         self.status: HostStatus = "loading"
         self.error: str | None = None
+        self.warning: str | None = None
         self.engine: FrameEngine | None = None
 
     async def load(self) -> None:
@@ -54,6 +57,10 @@ class EngineHost:
         if self.engine is not None:
             self.engine.stop()
 
+    def _warn(self, message: str) -> None:
+        self.warning = message
+        logger.warning("%s", message)
+
     def _failed(self, reason: str) -> None:
         self.status, self.error = "error", reason
         logger.error("could not load transform %s: %s", self.transform, reason)
@@ -63,7 +70,7 @@ class EngineHost:
 
         def build() -> None:
             try:
-                result.set_result(self._factory())
+                result.set_result(self._factory(self._warn))
             except BaseException as exc:
                 result.set_exception(exc)
 

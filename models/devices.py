@@ -1,0 +1,39 @@
+"""Threads and the device: CUDA's current device and current stream are per thread.
+
+A thread that never calls set_device works on device 0: with `--device cuda:1` its side
+streams, graph captures and device-less tensors would land on the wrong GPU. Every thread
+that touches the model binds itself first (the loader, each stage thread, the workers that
+prepare params). Each stage thread also gets a CUDA stream of its own, so the stages' GPU
+work can overlap, and it waits for that work at the end of a call: the stage's time is then
+the GPU's time (admission pacing and /stats depend on it), and what it hands over is ready.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def bind_thread(device: torch.device) -> None:
+    """Make `device` the calling thread's current CUDA device; nothing to do elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
+def use_own_stream(device: torch.device) -> None:
+    """Give the calling thread a CUDA stream of its own on `device` (after bind_thread)."""
+    if device.type == "cuda":
+        torch.cuda.set_stream(torch.cuda.Stream(device))
+
+
+def finish_work(device: torch.device) -> None:
+    """Wait until the work this thread queued on `device` has run."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
+def keep_until_used(tensors: list[torch.Tensor]) -> None:
+    """Tensors another thread may free (cache entries) while this thread's stream still reads
+    them: the allocator then waits for this stream before it reuses their memory."""
+    for tensor in tensors:
+        if tensor.device.type == "cuda":
+            tensor.record_stream(torch.cuda.current_stream(tensor.device))
