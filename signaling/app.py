@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from settings import Settings
 from signaling.metrics import metrics_registry, render
+from signaling.ports import PortRangeExhausted
 from signaling.protocol import describe_validation
 from signaling.registry import CapacityError, NotReadyError, SessionRegistry
 from signaling.session import OfferError
@@ -68,6 +69,9 @@ class Routes:
             return error_response(400, str(exc))
         except (CapacityError, NotReadyError) as exc:
             return error_response(503, str(exc))
+        except PortRangeExhausted as exc:
+            logger.warning("offer refused: %s", exc)
+            return error_response(503, str(exc))
         return web.json_response({"sdp": answer_sdp, "type": "answer", "session": session.id})
 
     async def params(self, request: web.Request) -> web.Response:
@@ -118,7 +122,15 @@ def build_app(settings: Settings, host: EngineHost) -> web.Application:
         max_sessions=settings.max_sessions,
         ice_servers=settings.ice_servers,
         frame_timeout_s=settings.frame_timeout_s,
+        udp_ports=settings.udp_port_range,
+        announced_address=settings.announced_address,
     )
+    if settings.udp_ports is not None or settings.announced_address is not None:
+        logger.info(
+            "WebRTC media: UDP ports %s, host candidates announced as %s",
+            settings.udp_ports or "any",
+            settings.announced_address or "this machine's own addresses",
+        )
     routes = Routes(settings, host, sessions)
     app = web.Application()
     app.router.add_get("/", routes.index)

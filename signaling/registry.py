@@ -10,6 +10,7 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCIceServer
 
 from settings import IceServer
+from signaling.ports import PortRange
 from signaling.session import Session
 from transforms.host import EngineHost
 from transforms.params import StyleParams
@@ -33,11 +34,16 @@ class SessionRegistry:
         max_sessions: int,
         ice_servers: list[IceServer],
         frame_timeout_s: float,
+        udp_ports: tuple[int, int] | None = None,
+        announced_address: str | None = None,
     ) -> None:
         self._host = host
         self.capacity = max_sessions
         self._ice_servers = [RTCIceServer(**server.model_dump()) for server in ice_servers]
         self._frame_timeout_s = frame_timeout_s
+        # One range for all sessions, so they take turns over its ports.
+        self._ports = PortRange(*udp_ports) if udp_ports is not None else None
+        self._announced_address = announced_address
         self._sessions: dict[str, Session] = {}
 
     def __len__(self) -> int:
@@ -46,7 +52,8 @@ class SessionRegistry:
     async def open(self, sdp: str, params: StyleParams) -> tuple[Session, str]:
         """A new session answering `sdp`; returns it and the answer SDP.
 
-        Raises CapacityError, NotReadyError or signaling.session.OfferError.
+        Raises CapacityError, NotReadyError, signaling.session.OfferError or
+        signaling.ports.PortRangeExhausted.
         """
         if self._host.engine is None:
             reason = self._host.error or "the transform is still loading; try again shortly"
@@ -61,6 +68,8 @@ class SessionRegistry:
             configuration=RTCConfiguration(iceServers=list(self._ice_servers)),
             frame_timeout_s=self._frame_timeout_s,
             on_closed=self._forget,
+            ports=self._ports,
+            announced_address=self._announced_address,
         )
         self._sessions[session.id] = session
         try:

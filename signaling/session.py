@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -17,7 +18,9 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from signaling.candidates import announce
 from signaling.control import ControlChannel, ParamsRejected
+from signaling.ports import PortRange, SessionPorts
 from signaling.protocol import CONTROL_LABEL, error_reply
 from transforms.base import FrameJob
 from transforms.engine import FrameEngine
@@ -40,6 +43,9 @@ class Session:
     It closes itself, completely and once, when the connection fails or closes, when the
     control channel closes, when no camera frame arrives for `frame_timeout_s`, or when the
     server shuts down.
+
+    With `ports`, its UDP sockets are bound inside that range; with `announced_address`,
+    the answer's host candidates carry that address (signaling/ports.py, candidates.py).
     """
 
     def __init__(
@@ -51,8 +57,12 @@ class Session:
         configuration: RTCConfiguration,
         frame_timeout_s: float,
         on_closed: Callable[[Session], None],
+        ports: PortRange | None = None,
+        announced_address: str | None = None,
     ) -> None:
         self.id = session_id
+        self._ports = SessionPorts(ports, session_id) if ports is not None else None
+        self._announced_address = announced_address
         self._engine = engine
         self._frame_timeout_s = frame_timeout_s
         self._on_closed = on_closed
@@ -77,7 +87,8 @@ class Session:
 
     async def answer(self, sdp: str) -> RTCSessionDescription:
         """Answer the browser's offer; the answer sends the stylized track back on the
-        transceiver that brings the camera. Raises OfferError for an unusable offer."""
+        transceiver that brings the camera. Raises OfferError for an unusable offer, and
+        signaling.ports.PortRangeExhausted when no UDP port is left for it."""
         if not sdp.startswith("v=0"):
             raise OfferError("invalid SDP offer: it must start with 'v=0'")
         try:
@@ -87,10 +98,14 @@ class Session:
         if self._camera is None:
             raise OfferError("the offer has no video track to restyle (send the camera)")
         await self._prepare(self.engine_session.params)
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        with self._gathering():
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._start(self._read_camera(self._camera), "camera")
         self._start(self._report(), "report")
-        return self.pc.localDescription
+        answer = self.pc.localDescription
+        if self._announced_address is None:
+            return answer
+        return RTCSessionDescription(sdp=announce(answer.sdp, self._announced_address), type=answer.type)
 
     async def apply_params(self, changes: dict[str, Any]) -> StyleParams:
         """Validate a partial update, let the transform precompute for it, then make it live.
@@ -120,6 +135,8 @@ class Session:
             self.output.stop()
             await self.pc.close()
         finally:
+            if self._ports is not None:
+                self._ports.close()  # also the sockets aioice had not taken over when gathering failed
             self._on_closed(self)
             self._closed.set()
 
@@ -137,6 +154,10 @@ class Session:
         except Exception as exc:
             logger.exception("session %s: transform could not prepare params", self.id)
             raise ParamsRejected(f"the transform could not apply these params: {exc}") from exc
+
+    def _gathering(self) -> contextlib.AbstractContextManager[None]:
+        """Where the ICE agent binds its sockets (setLocalDescription gathers candidates)."""
+        return self._ports.gathering() if self._ports is not None else contextlib.nullcontext()
 
     def _start(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=f"{name}-{self.id}")
