@@ -31,6 +31,9 @@ class StylecamCollector(Collector):
             return
         snapshot = engine.snapshot()
         yield GaugeMetricFamily("stylecam_output_fps", "frames per second out, all sessions", value=snapshot["fps"])
+        if snapshot["device_memory_mb"] is not None:
+            memory = snapshot["device_memory_mb"] * 2**20
+            yield GaugeMetricFamily("stylecam_device_memory_bytes", "device memory held by the model", value=memory)
         for key, help_text in (
             ("frames_in", "camera frames received"),
             ("frames_dropped", "camera frames replaced by a newer one before processing"),

@@ -118,21 +118,38 @@ def test_prompts_are_encoded_once_not_per_frame(
     assert len(count_text_encoder_calls) == 1, "frames reuse the prompt's embeddings"
 
 
-def test_stream_batch_matches_the_full_loop_for_still_sessions(model: DiffusionModel) -> None:
-    """Two sessions in stream-batch mode: after priming, each still camera gets the full loop's picture."""
+def moving_frame(index: int) -> VideoFrame:
+    """The camera_frame picture with its square moved 20 px per frame."""
+    picture = np.zeros((240, 320, 3), np.uint8)
+    picture[..., 0] = np.linspace(0, 255, 320, dtype=np.uint8)
+    left = 20 * index
+    picture[60:180, left : left + 120] = (40, 200, 90)
+    return VideoFrame.from_ndarray(picture, format="rgb24")
+
+
+def test_stream_batch_gives_moving_sessions_the_full_loops_pictures_later(model: DiffusionModel) -> None:
+    """Two sessions in stream-batch mode, cameras moving: frame k's call returns frame k-(n-1) as
+    the full loop makes it (n UNet evaluations; 2 and 3 here), each session from its own latents."""
     regular = DiffusionTransform(LcmStream(model), SIZE, SIZE)
     streamed = DiffusionTransform(LcmStream(model), SIZE, SIZE, stream_batch=True)
     first, second = StyleParams(seed=1), StyleParams(prompt="claymation", seed=2, steps=3, strength=1.0)
-    expected = run(regular, [job(first, "a"), job(second, "b")])
+    lags = {"a": 1, "b": 2}
+    frames = [moving_frame(index) for index in range(5)]
+    expected = {
+        name: [run(regular, [FrameJob(session(name, p), 0.0, p, frame)])[0] for frame in frames]
+        for name, p in (("a", first), ("b", second))
+    }
     sessions = [session("a", first), session("b", second)]
     stages = streamed.stages()
-    for _ in range(3):
-        jobs = [FrameJob(s, 0.0, s.params, camera_frame()) for s in sessions]
+    for k, frame in enumerate(frames):
+        jobs = [FrameJob(s, 0.0, s.params, frame) for s in sessions]
         for stage in stages:
             stage.process(jobs)
-        pictures = [j.data.to_ndarray(format="rgb24").astype(np.int16) for j in jobs]
-        for picture, reference in zip(pictures, expected, strict=True):
-            assert np.abs(picture - reference).max() <= 2
+        for one in jobs:
+            picture = one.data.to_ndarray(format="rgb24").astype(np.int16)
+            reference = expected[one.session.id][max(0, k - lags[one.session.id])]
+            assert np.abs(picture - reference).max() <= 2, (one.session.id, k)
+    assert np.abs(expected["a"][0] - expected["a"][-1]).mean() > 2, "the camera moves"
 
 
 def test_a_lora_is_fused_at_load(tmp_path: Path) -> None:

@@ -73,6 +73,11 @@ class Transform(ABC):
     def stages(self) -> list[Stage]:
         """The stages every frame passes, first to last; the last yields an av.VideoFrame."""
 
+    def device_memory_bytes(self) -> int | None:
+        """Device memory the transform holds (CUDA's caching allocator, graph pools included);
+        None where the device does not say (the CPU)."""
+        return None
+
     def details(self) -> dict[str, str]:
         """What a user checking the setup wants to see (`server.py --check`)."""
         return {"device": self.device}

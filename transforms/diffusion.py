@@ -168,6 +168,10 @@ class DiffusionTransform(Transform):
             DecodeStage(self.stream),
         ]
 
+    def device_memory_bytes(self) -> int | None:
+        device = self.stream.model.device
+        return int(torch.cuda.memory_reserved(device)) if device.type == "cuda" else None
+
     def details(self) -> dict[str, str]:
         model = self.stream.model
         device = str(model.device)

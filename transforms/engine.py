@@ -197,10 +197,12 @@ class FrameEngine:
                 for state in self._stages
             }
             totals = dict(self.totals)
+        memory = self.transform.device_memory_bytes()
         return {
             "transform": self.transform.name,
             "fps": round(self.output_rate.rate(), 2),
             "stages": stages,
+            "device_memory_mb": None if memory is None else round(memory / 2**20, 1),
             **totals,
         }
 
