@@ -87,6 +87,8 @@ class Routes:
         }
         if self._host.error:
             body["error"] = self._host.error
+        if self._host.warning:
+            body["warning"] = self._host.warning
         return web.json_response(body)
 
     async def stats(self, request: web.Request) -> web.Response:

@@ -107,6 +107,7 @@ async def test_unreachable_weights_give_a_clear_error_not_a_traceback() -> None:
         health = await server.ready()
         assert health["status"] == "error"
         assert "someone/not-in-the-cache" in health["error"] and "--model tiny" in health["error"]
+        assert "seconds per frame" in health["warning"], "a full-size model on the CPU is called slow"
         with pytest.raises(OfferRefused) as refused:
             await StreamClient(server.url).connect()
         assert refused.value.status == 503 and "cannot load" in refused.value.body["error"]

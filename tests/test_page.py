@@ -148,3 +148,18 @@ async def test_a_refused_camera_is_explained(spawn_server: Spawn) -> None:
         assert "refused" in (await notice.text_content() or "")
         assert await page.locator("#state").get_attribute("data-state") == "failed"
         await page.screenshot(path=ARTIFACTS / "studio-camera-refused.png")
+
+
+async def test_a_full_size_model_on_a_cpu_is_called_slow_on_the_page(
+    browser: Browser, spawn_server: Spawn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a GPU the default model runs at seconds per frame: the page says so and names the
+    fast choices (here the weights are not even there, which the page also learns on Start)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    url = await spawn_server("--model", "someone/not-in-the-cache")
+    page = await open_page(browser, url, "slow-cpu")
+    advice = page.locator("#advice")
+    await advice.wait_for(state="visible", timeout=15_000)
+    text = await advice.text_content() or ""
+    assert "seconds per frame" in text and "--transform cartoon" in text and "GPU" in text
+    await page.screenshot(path=ARTIFACTS / "studio-slow-cpu.png")

@@ -40,6 +40,17 @@ function setState(state, detail = "") {
   $("record").disabled = state !== "live" && !recorder.recording;
 }
 
+// What the server says about its setup (e.g. a full-size model on a CPU: seconds per frame).
+async function showAdvice() {
+  try {
+    const health = await (await fetch("/health")).json();
+    $("advice").textContent = health.warning || "";
+    $("advice").hidden = !health.warning;
+  } catch {
+    // an unreachable server is reported by the connection itself
+  }
+}
+
 function showNotice(text) {
   $("notice").textContent = text;
   $("notice").hidden = !text;
@@ -98,6 +109,7 @@ async function connect() {
   lastHeard = performance.now();
   showNotice("");
   setState("warming");
+  showAdvice();
 }
 
 function retry() {
@@ -262,6 +274,7 @@ async function init() {
   setState("idle");
   const blocked = cameraBlockedReason();
   if (blocked) showNotice(blocked);
+  showAdvice();
   try {
     const schema = await (await fetch("/api/params")).json();
     controls = new StyleControls($("params"), schema, sendParams);
