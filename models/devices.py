@@ -26,9 +26,13 @@ def use_own_stream(device: torch.device) -> None:
 
 
 def finish_work(device: torch.device) -> None:
-    """Wait until the work this thread queued on `device` has run."""
+    """Wait until the work this thread queued on `device` has run, asleep: by default CUDA
+    spins a core while a thread waits (one context, several cores), a core the event loop's
+    VP8 work and the other stages need."""
     if device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize()
+        done = torch.cuda.Event(blocking=True)
+        done.record(torch.cuda.current_stream(device))
+        done.synchronize()
 
 
 def keep_until_used(tensors: list[torch.Tensor]) -> None:
