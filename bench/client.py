@@ -43,6 +43,12 @@ INDEX_BITS = 13
 INDEX_MODULUS = 1 << INDEX_BITS  # 8192 frames: 4.5 minutes at 30 fps
 MIN_REFERENCE_CONTRAST = 60  # below it the output does not carry the code
 CLOCK_RATE = 90_000
+# "switch" scene: grey levels of brightness change per frame, within +-DRIFT_LEVELS. Well over
+# the server's similarity threshold (1.0) after VP8: with 3 levels a frame in 16 came out of
+# the codec unchanged (and was skipped), with 5 and a period of 24 frames none did.
+DRIFT_STEP = 5
+DRIFT_LEVELS = 30
+CONFIRM_FRAMES = 2  # a switch counts as seen when this many frames after the first agree
 
 
 def _cell_centers(width: int, height: int) -> list[tuple[float, float]]:
@@ -103,7 +109,11 @@ class SyntheticCamera(MediaStreamTrack):
     - "still": the same picture every frame (a person sitting still);
     - "toggle": two very different pictures, switching every `toggle_s` seconds; the switch
       times are kept, and any deterministic transform (diffusion with fixed noise too)
-      shows the switch in its output (latency per switch).
+      shows the switch in its output (latency per switch);
+    - "switch": as "toggle", but the two pictures differ more and their brightness moves
+      every frame (DRIFT_STEP levels): no frame repeats the one before it, so the server's
+      similarity filter lets every frame through to the model (a throughput figure is then
+      the model's), and a switch still stands out (scene_switch_latencies).
     """
 
     kind = "video"
@@ -125,6 +135,8 @@ class SyntheticCamera(MediaStreamTrack):
         self._background[..., 2] = 120
         self._alternate = 255 - self._background[:, ::-1]
         self._alternate[::24] = 0
+        if scene == "switch":
+            self._background, self._alternate = switch_pictures(size)
 
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
@@ -139,7 +151,7 @@ class SyntheticCamera(MediaStreamTrack):
         frame.time_base = Fraction(1, CLOCK_RATE)
         now = time.monotonic()
         self.sent_at[index % INDEX_MODULUS] = now
-        if self.scene == "toggle" and index and index % self._frames_per_phase == 0:
+        if self.scene in ("toggle", "switch") and index and index % self._frames_per_phase == 0:
             self.switched_at.append(now)
         self.frames_sent += 1
         return frame
@@ -147,13 +159,83 @@ class SyntheticCamera(MediaStreamTrack):
     def _picture(self, index: int) -> np.ndarray:
         if self.scene == "still":
             return self._background
-        if self.scene == "toggle":
-            return self._alternate if (index // self._frames_per_phase) % 2 else self._background
+        if self.scene in ("toggle", "switch"):
+            picture = self._alternate if (index // self._frames_per_phase) % 2 else self._background
+            return picture if self.scene == "toggle" else cv2.LUT(picture, _DRIFT_TABLES[drift_level(index)])
         image = self._background.copy()
         x = int((index * 4) % self.size[0])
         cv2.circle(image, (x, self.size[1] // 4), 30, (230, 60, 60), -1)
         paint_index(image, index)
         return image
+
+
+def drift_level(index: int) -> int:
+    """Brightness offset of frame `index` in the "switch" scene: a triangle wave of DRIFT_STEP
+    levels per frame between -DRIFT_LEVELS and +DRIFT_LEVELS."""
+    period = 4 * DRIFT_LEVELS // DRIFT_STEP
+    phase = index % period
+    rise = phase if phase <= period // 2 else period - phase
+    return rise * DRIFT_STEP - DRIFT_LEVELS
+
+
+_DRIFT_TABLES = {
+    level: np.clip(np.arange(256) + level, 0, 255).astype(np.uint8)
+    for level in range(-DRIFT_LEVELS, DRIFT_LEVELS + 1, DRIFT_STEP)
+}
+
+
+def switch_pictures(size: tuple[int, int] = SOURCE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The "switch" scene's two pictures: a left-to-right ramp, and the ramp the other way
+    with a checkerboard over it (about 80 grey levels apart on average)."""
+    width, height = size
+    ramp = np.linspace(40, 200, width)
+    first = np.dstack([np.tile(ramp, (height, 1))] * 2 + [np.full((height, width), 120.0)])
+    rows, cols = np.mgrid[0:height, 0:width]
+    squares = np.where((rows // 80 + cols // 80) % 2, 50.0, -50.0)[..., None]
+    second = 255.0 - first + squares
+    return first.astype(np.uint8), np.clip(second, 0, 255).astype(np.uint8)
+
+
+def scene_switch_latencies(
+    frames: list[ReceivedFrame], switched_at: list[float], settle_s: float
+) -> tuple[list[tuple[float, float | None]], float | None]:
+    """(switch time, seconds until the output shows the new scene, or None) per camera switch
+    of the "switch" scene, and how well the two scenes' outputs are told apart.
+
+    Each output frame is given the scene whose typical output it is nearer to; the typical
+    outputs are the median thumbnails of the frames received from `settle_s` after a switch to
+    the next one (`settle_s` beyond the latency, so they show their scene). A switch shows in
+    the first frame after it given the new scene and followed by CONFIRM_FRAMES more of it. The
+    separation is the distance between the typical outputs over the median distance of a frame
+    to its own typical output (well above 1: the method is sound; near 1: no figure to trust).
+    """
+    if not frames or not switched_at:
+        return [], None
+    phases = [*switched_at, float("inf")]
+    settled: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    for number, (start, end) in enumerate(itertools.pairwise(phases), 1):
+        settled[number % 2].extend(frame.thumbnail for frame in frames if start + settle_s <= frame.at < end)
+    if not settled[0] or not settled[1]:
+        return [(switched, None) for switched in switched_at], None
+    typical = {scene: np.median(np.stack(thumbnails), axis=0) for scene, thumbnails in settled.items()}
+    distances = np.array([[np.abs(frame.thumbnail - typical[scene]).mean() for scene in (0, 1)] for frame in frames])
+    labels = distances.argmin(axis=1)
+    noise = float(np.median(distances.min(axis=1)))
+    separation = float(np.abs(typical[0] - typical[1]).mean()) / max(noise, 1e-6)
+    timed: list[tuple[float, float | None]] = []
+    for number, (switched, following) in enumerate(itertools.pairwise(phases), 1):
+        scene = number % 2
+        seen = None
+        for position, frame in enumerate(frames):
+            if frame.at <= switched:
+                continue
+            if frame.at >= following:
+                break
+            if all(label == scene for label in labels[position : position + 1 + CONFIRM_FRAMES]):
+                seen = frame.at - switched
+                break
+        timed.append((switched, seen))
+    return timed, separation
 
 
 def switch_latencies(frames: list[ReceivedFrame], switched_at: list[float]) -> list[tuple[float, float]]:
@@ -201,6 +283,7 @@ class StreamClient:
     params: dict[str, Any] | None = None
     fps: float = 30.0
     scene: str = "index"
+    toggle_s: float = 1.0
     token: str | None = None
     keep_images: bool = False
     received: list[ReceivedFrame] = field(default_factory=list)
@@ -210,7 +293,7 @@ class StreamClient:
     session_id: str | None = None
 
     def __post_init__(self) -> None:
-        self.camera = SyntheticCamera(self.fps, self.scene)
+        self.camera = SyntheticCamera(self.fps, self.scene, self.toggle_s)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.control: RTCDataChannel = self.pc.createDataChannel("control")
         self._replies: deque[asyncio.Future[dict[str, Any]]] = deque()

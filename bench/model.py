@@ -26,52 +26,36 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AutoencoderTiny, LCMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline
 from diffusers.models.attention_processor import Attention
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from bench.results import RESULTS, write_result
+from bench.sd15 import sd15_components, sd15_tokenizer
 from models.accelerators import Accelerators, accelerate
 from models.lcm import unet_evaluations
 from models.loading import DiffusionModel, load_model, resolve_device, resolve_dtype
 from models.stream import LcmStream
-from models.tiny import SCHEDULER_CONFIG, write_tokenizer
+from models.tiny import SCHEDULER_CONFIG
 
 PROMPT = "a watercolor portrait, soft light"
 SEED = 42
-SD15_GUIDANCE_EMBEDDING_DIM = 256  # LCM-Dreamshaper-v7's UNet
 
 FrameRunner = Callable[[list[np.ndarray]], None]
 
 
 def build_sd15(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     """SD 1.5's architecture (as LCM-Dreamshaper-v7: with a w-embedding) with random weights."""
-    with torch.device(device):
-        unet = UNet2DConditionModel(
-            sample_size=64, cross_attention_dim=768, time_cond_proj_dim=SD15_GUIDANCE_EMBEDDING_DIM
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                hidden_size=768,
-                intermediate_size=3072,
-                num_attention_heads=12,
-                num_hidden_layers=12,
-                hidden_act="quick_gelu",
-            )
-        )
-        autoencoder = AutoencoderTiny()
-    folder = Path(tempfile.mkdtemp(prefix="stylecam-bench-"))
-    write_tokenizer(folder)
-    for module in (unet, text_encoder, autoencoder):
-        module.to(dtype=dtype).eval().requires_grad_(False)
+    components = sd15_components(device)
+    for module in components.modules():
+        module.to(dtype=dtype)
     return DiffusionModel(
-        unet=unet,
-        text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(folder),
+        unet=components.unet,
+        text_encoder=components.text_encoder,
+        tokenizer=sd15_tokenizer(Path(tempfile.mkdtemp(prefix="stylecam-bench-"))),
         scheduler_config=dict(SCHEDULER_CONFIG),
-        autoencoder=autoencoder,
+        autoencoder=components.autoencoder,
         device=device,
         dtype=dtype,
         name="sd15",

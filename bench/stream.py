@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import psutil
 
-from bench.client import StreamClient, switch_latencies
+from bench.client import StreamClient, scene_switch_latencies, switch_latencies
 from bench.engine import camera_frame, engine_fps, without_similarity
 from bench.results import RESULTS, write_result
 from bench.serve import ServerProcess
@@ -51,6 +51,9 @@ def client_figures(client: StreamClient, start: float, end: float) -> dict[str, 
     if client.scene == "toggle":
         timed = switch_latencies(client.received, client.camera.switched_at)
         latencies_ms = [latency * 1000 for switched, latency in timed if start <= switched < end]
+    elif client.scene == "switch":
+        seen, _ = scene_switch_latencies(client.received, client.camera.switched_at, client.toggle_s / 2)
+        latencies_ms = [latency * 1000 for switched, latency in seen if latency is not None and start <= switched < end]
     else:
         latencies_ms = [frame.latency_s * 1000 for frame in frames if frame.latency_s is not None]
     last_stats = client.stats[-1] if client.stats else {}
@@ -149,10 +152,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=30.0, help="camera frame rate per client (default 30)")
     parser.add_argument(
         "--scene",
-        choices=["index", "toggle"],
+        choices=["index", "toggle", "switch"],
         default="index",
         help="index: latency of every frame from the index in its pixels (passthrough, invert); "
-        "toggle: the camera switches scene every second and latency is timed per switch (any transform)",
+        "toggle: the camera switches scene every second and latency is timed per switch (any transform); "
+        "switch: as toggle, with a brightness that moves every frame so that no frame is skipped as a repeat",
     )
     parser.add_argument(
         "--efficiency",
