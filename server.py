@@ -39,6 +39,9 @@ def check(settings: Settings) -> None:
         engine = build_engine(settings)
     except TransformLoadError as exc:
         raise SystemExit(f"stylecam check: FAILED: {exc}") from None
+    except Exception as exc:
+        logger.debug("loading failed", exc_info=True)
+        raise SystemExit(f"stylecam check: FAILED: {type(exc).__name__}: {exc} (--log-level DEBUG: details)") from None
     engine.start()
     try:
         report = run_check(engine, engine.transform.details())

@@ -68,6 +68,18 @@ def available_cores() -> int:
 
 
 def _stable_fast(model: DiffusionModel) -> None:
+    """stable-fast's last release predates torch 2.2: a build that does not fit the installed
+    torch fails at import or at compile, which the user hears as a load error."""
+    try:
+        _stable_fast_compile(model)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"--stable-fast failed ({type(exc).__name__}: {exc}); it needs a stable-fast build for the installed "
+            "torch. --compile is the supported alternative."
+        ) from exc
+
+
+def _stable_fast_compile(model: DiffusionModel) -> None:
     from sfast.compilers.diffusion_pipeline_compiler import CompilationConfig, compile_unet, compile_vae
 
     config = CompilationConfig.Default()

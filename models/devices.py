@@ -10,6 +10,7 @@ the GPU's time (admission pacing and /stats depend on it), and what it hands ove
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -41,3 +42,13 @@ def keep_until_used(tensors: list[torch.Tensor]) -> None:
     for tensor in tensors:
         if tensor.device.type == "cuda":
             tensor.record_stream(torch.cuda.current_stream(tensor.device))
+
+
+def to_host(tensor: torch.Tensor) -> np.ndarray:
+    """A device tensor as a host array: through pinned memory, waiting asleep (finish_work)."""
+    if tensor.device.type != "cuda":
+        return tensor.numpy()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    finish_work(tensor.device)
+    return host.numpy()

@@ -5,10 +5,13 @@ is captured once per input shape (and schedule) and replayed after copying new i
 its static buffers.
 
 Memory stays bounded: each stage has one cache, its graphs share one memory pool (a capture
-keeps its activations' memory, and graphs of one stage never run at once, so one pool as
-large as the largest of them serves all), and the cache keeps at most `capacity` graphs,
-least recently used out. Per-frame values (guidance scales, noise, prompts) are inputs, not
-part of a key, so moving a slider replays the same graph.
+keeps its activations' memory; graphs of one stage never run at once and each output is
+copied out at once, so they can share), and the cache keeps at most `capacity` graphs,
+least recently used out. The pool keeps the high-water mark of the stage's captures (it
+never shrinks, it stops growing). Per-frame values (guidance scales, noise, prompts, the
+schedule's coefficients) are inputs, not part of a key, so moving a slider replays the same
+graph; a key's first call runs eagerly and its second captures, so a shape seen once (an odd
+batch while sessions come and go) costs no capture.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 WARMUP_RUNS = 2  # cuDNN and the caching allocator settle before capture
-GRAPHS_PER_STAGE = 16  # batch sizes x schedules in use at once; more are recaptured on demand
+GRAPHS_PER_STAGE = 32  # batch sizes x UNet evaluations x modes in use at once; more are recaptured on demand
+CAPTURE_ON_USE = 2  # the call of a key that captures it; the ones before run eagerly
 # PyTorch allows one capture underway at a time in a process (torch.cuda.graph's docs): stage
 # threads that meet a new shape at once take turns. Other threads keep launching meanwhile.
 _CAPTURE_LOCK = threading.Lock()
@@ -54,7 +58,9 @@ class CapturePlace:
     @property
     def stream(self) -> torch.cuda.Stream:
         if self._stream is None:
-            self._stream = torch.cuda.Stream()
+            # torch hands out 32 streams per priority, round robin: taken from the high-priority
+            # set, a capture stream is never a stage's stream, whose kernels would join the graph.
+            self._stream = torch.cuda.Stream(priority=-1)
         return self._stream
 
 
@@ -70,22 +76,28 @@ class GraphedCall:
         with torch.cuda.stream(side):
             for _ in range(WARMUP_RUNS):
                 function(*self._inputs)
-        torch.cuda.current_stream().wait_stream(side)
         self._graph = torch.cuda.CUDAGraph()
-        # thread_local: other stage threads keep launching work while this one captures.
-        with torch.cuda.graph(self._graph, pool=place.pool, stream=side, capture_error_mode="thread_local"):
-            self._output = function(*self._inputs)
+        # Not torch.cuda.graph(): it synchronises the whole device and empties the allocator's
+        # cache on every capture, stalling the other stages mid-stream. thread_local: the other
+        # stage threads keep launching work on their own streams while this one captures.
+        with torch.cuda.stream(side):
+            self._graph.capture_begin(pool=place.pool, capture_error_mode="thread_local")
+            try:
+                self._output = function(*self._inputs)
+            finally:
+                self._graph.capture_end()
+        torch.cuda.current_stream().wait_stream(side)
 
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """Replays on the caller's stream; the output is the graph's own buffer."""
         for static, tensor in zip(self._inputs, tensors, strict=True):
             static.copy_(tensor)
         self._graph.replay()
-        # A copy at once: the next replay of any graph of this pool may reuse the output's memory.
-        return self._output.clone()
+        return self._output
 
 
 class GraphCache:
-    """One stage's graphs by key (shapes, schedule); a key whose capture fails runs eagerly.
+    """One stage's graphs by key (shapes, mode); a key whose capture fails runs eagerly.
 
     Used by one thread at a time (the stage's thread, or the loader while warming up).
     """
@@ -96,6 +108,7 @@ class GraphCache:
         self._capture_graph = capture
         self._place = CapturePlace()
         self._graphs: OrderedDict[Hashable, Replay | None] = OrderedDict()
+        self._uses: OrderedDict[Hashable, int] = OrderedDict()  # keys not captured yet
         self.captures = 0
 
     def __len__(self) -> int:
@@ -110,9 +123,22 @@ class GraphCache:
         if key in self._graphs:
             self._graphs.move_to_end(key)
             graph = self._graphs[key]
-        else:
+        elif self._count_use(key) >= CAPTURE_ON_USE:
             graph = self._capture(key, function, tensors)
-        return graph(*tensors) if graph is not None else function(*tensors)
+        else:
+            return function(*tensors)
+        if graph is None:
+            return function(*tensors)
+        # A copy at once, on the same stream: the next replay of any graph of this pool may
+        # reuse the output's memory.
+        return graph(*tensors).clone()
+
+    def _count_use(self, key: Hashable) -> int:
+        uses = self._uses.pop(key, 0) + 1
+        self._uses[key] = uses
+        while len(self._uses) > 4 * self.capacity:
+            self._uses.popitem(last=False)
+        return uses
 
     def _capture(self, key: Hashable, function: Callable[..., torch.Tensor], tensors: Any) -> Replay | None:
         graph: Replay | None
@@ -124,8 +150,12 @@ class GraphCache:
         except Exception:
             logger.exception("could not capture a CUDA graph for %s; running it without one", key)
             graph = None
+        self._uses.pop(key, None)
         self._graphs[key] = graph
         while len(self._graphs) > self.capacity:
-            evicted, _ = self._graphs.popitem(last=False)
+            evicted, dropped = self._graphs.popitem(last=False)
+            if dropped is not None and torch.cuda.is_initialized():
+                # Its last replay ran on this thread's stream: done before its memory is reused.
+                torch.cuda.current_stream().synchronize()
             logger.info("dropped the least recently used CUDA graph, %s", evicted)
         return graph

@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import torch
 
+from models import devices
 from models.loading import DiffusionModel
 
 PROMPT_CACHE_SIZE = 64  # prompts remembered; a live prompt evicted is simply encoded again
@@ -46,4 +47,6 @@ class PromptEncoder:
         use_mask = getattr(encoder.config, "use_attention_mask", False)
         mask = tokens.attention_mask.to(self._model.device) if use_mask else None
         states = encoder(tokens.input_ids.to(self._model.device), attention_mask=mask)[0]
-        return states.to(dtype=encoder.dtype, device=self._model.device)
+        states = states.to(dtype=encoder.dtype, device=self._model.device)
+        devices.finish_work(self._model.device)  # ready before another thread can find it in the cache
+        return states

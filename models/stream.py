@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 NOISE_CACHE_SIZE = 32  # (seed, size) pairs kept on the device
 GUIDANCE_CACHE_SIZE = 64  # guidance scales kept on the device (a slider moves in 0.1 steps)
 GRAPHED_STAGES = ("encode", "denoise", "decode")  # one graph cache each: each runs in its own thread
+STEP_COEFFICIENTS = ("sqrt_alpha", "sqrt_beta", "c_out", "c_skip", "sqrt_alpha_next", "sqrt_beta_next")
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,7 @@ class LcmStream:
         self._schedule = lru_cache(maxsize=64)(self._compute_schedule)
         self._noise: BoundedCache[tuple[int, int, int], torch.Tensor] = BoundedCache(NOISE_CACHE_SIZE)
         self._guidance: BoundedCache[float, torch.Tensor | None] = BoundedCache(GUIDANCE_CACHE_SIZE)
-        self._timesteps: dict[int, torch.Tensor] = {}
-        self._columns: dict[LcmSchedule, dict[str, torch.Tensor]] = {}
+        self._schedule_inputs = lru_cache(maxsize=None)(self._make_schedule_inputs)
         self._scaling = float(model.autoencoder.config.scaling_factor)
 
     def classic_guidance(self, guidance_scale: float) -> bool:
@@ -84,7 +84,9 @@ class LcmStream:
 
         def draw() -> torch.Tensor:
             shape = (self.model.unet.config.in_channels, *self.latent_size(height, width))
-            return draw_noise(seed, shape).to(self.model.device, self.model.dtype)
+            noise = draw_noise(seed, shape).to(self.model.device, self.model.dtype)
+            devices.finish_work(self.model.device)  # ready before another thread can find it
+            return noise
 
         return self._noise.get((seed, height, width), draw)
 
@@ -95,11 +97,13 @@ class LcmStream:
         def make() -> torch.Tensor | None:
             dim = self.model.guidance_embedding_dim
             device, dtype = self.model.device, self.model.dtype
+            tensor = None
             if dim is not None:
-                return guidance_embedding([guidance_scale], dim).to(device, dtype)
-            if self.classic_guidance(guidance_scale):
-                return torch.full((1, 1, 1, 1), guidance_scale, dtype=dtype, device=device)
-            return None
+                tensor = guidance_embedding([guidance_scale], dim).to(device, dtype)
+            elif self.classic_guidance(guidance_scale):
+                tensor = torch.full((1, 1, 1, 1), guidance_scale, dtype=dtype, device=device)
+            devices.finish_work(device)  # ready before another thread can find it
+            return tensor
 
         return self._guidance.get(guidance_scale, make)
 
@@ -131,9 +135,10 @@ class LcmStream:
     ) -> torch.Tensor:
         """Run the whole schedule on a batch (all with classic guidance, or none)."""
         batch = Conditioning.of(conditions)
-        key = ("denoise", tuple(latents.shape), schedule, batch.classic)
-        run = partial(self._run_schedule, schedule, batch.classic)
-        return self.graphs["denoise"].run(key, run, latents, *batch.tensors())
+        count = len(schedule.steps)
+        key = ("denoise", tuple(latents.shape), count, batch.classic)
+        run = partial(self._run_schedule, count, batch.classic)
+        return self.graphs["denoise"].run(key, run, latents, *self.schedule_inputs(schedule), *batch.tensors())
 
     def stream_denoise(
         self,
@@ -146,19 +151,40 @@ class LcmStream:
         partly denoised (`pending`, (B, n-1, C, h, w)), each take their next one, all in one
         UNet call of n samples per session. A frame costs one UNet call at n-step quality and
         comes out n-1 calls later. Returns (finished latents, new pending)."""
-        batch = Conditioning.of(conditions, repeat=len(schedule.steps))
-        key = ("stream", tuple(latents.shape), schedule, batch.classic)
-        run = partial(self._run_stream_step, schedule, batch.classic)
-        both = self.graphs["denoise"].run(key, run, latents, pending, *batch.tensors())
+        count = len(schedule.steps)
+        batch = Conditioning.of(conditions, repeat=count)
+        key = ("stream", tuple(latents.shape), count, batch.classic)
+        run = partial(self._run_stream_step, count, batch.classic)
+        both = self.graphs["denoise"].run(
+            key, run, latents, pending, *self.schedule_inputs(schedule), *batch.tensors()
+        )
         return both[:, 0], both[:, 1:]
 
     def stream_prime(
         self, latents: torch.Tensor, schedule: LcmSchedule, conditions: Sequence[FrameCondition]
     ) -> torch.Tensor:
         """The first `pending` of a stream: the frame itself after 1..n-1 steps (run once)."""
+        count = len(schedule.steps)
         batch = Conditioning.of(conditions)
-        states = self._schedule_states(schedule, batch.classic, latents, *batch.tensors())
-        return torch.stack(list(itertools.islice(states, len(schedule.steps) - 1)), dim=1)
+        states = self._schedule_states(count, batch.classic, latents, *self.schedule_inputs(schedule), *batch.tensors())
+        return torch.stack(list(itertools.islice(states, count - 1)), dim=1)
+
+    def schedule_inputs(self, schedule: LcmSchedule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The schedule as tensors on the device, made once: graph inputs, so schedules of the
+        same length (any steps and strength) replay one graph. See _make_schedule_inputs."""
+        return self._schedule_inputs(schedule)
+
+    def _make_schedule_inputs(self, schedule: LcmSchedule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(timesteps (n,), per step its coefficients (n, 6) in STEP_COEFFICIENTS' order, the
+        noise coefficients of the entry (2,)). A schedule's are never freed: there are at most
+        36 schedules (steps 1..8, evaluations 1..steps), and a graph may hold their addresses."""
+        device, dtype = self.model.device, self.model.dtype
+        timesteps = torch.tensor(schedule.timesteps, dtype=torch.long, device=device)
+        rows = [[getattr(step, name) for name in STEP_COEFFICIENTS] for step in schedule.steps]
+        coefficients = torch.tensor(rows, dtype=dtype, device=device)
+        entry = torch.tensor([schedule.noise_sqrt_alpha, schedule.noise_sqrt_beta], dtype=dtype, device=device)
+        devices.finish_work(device)
+        return timesteps, coefficients, entry
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._scaling * self.model.autoencoder.encode(pixels).latents
@@ -186,68 +212,60 @@ class LcmStream:
 
     def _schedule_states(
         self,
-        schedule: LcmSchedule,
+        count: int,
         classic: bool,
         latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        coefficients: torch.Tensor,
+        entry: torch.Tensor,
         text: torch.Tensor,
         noise: torch.Tensor,
         guidance: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
         """Noise at the first timestep, then per timestep the UNet and scheduler.step's update;
         yields the latents after each step (renoised for the next, the last one denoised)."""
-        latents = schedule.noise_sqrt_alpha * latents + schedule.noise_sqrt_beta * noise[0]
-        last = len(schedule.steps) - 1
-        for index, step in enumerate(schedule.steps):
-            eps = self._unet(latents, self._timestep(step.timestep), classic, text, guidance)
-            denoised = lcm_update(latents, eps, step.sqrt_alpha, step.sqrt_beta, step.c_out, step.c_skip)
-            if index == last:
+        latents = entry[0] * latents + entry[1] * noise[0]
+        for index in range(count):
+            sqrt_alpha, sqrt_beta, c_out, c_skip, alpha_next, beta_next = coefficients[index].unbind()
+            eps = self._unet(latents, timesteps[index], classic, text, guidance)
+            denoised = lcm_update(latents, eps, sqrt_alpha, sqrt_beta, c_out, c_skip)
+            if index == count - 1:
                 yield denoised
             else:
-                latents = step.sqrt_alpha_next * denoised + step.sqrt_beta_next * noise[index + 1]
+                latents = alpha_next * denoised + beta_next * noise[index + 1]
                 yield latents
 
-    def _run_schedule(self, schedule: LcmSchedule, classic: bool, *tensors: torch.Tensor) -> torch.Tensor:
-        *_, finished = self._schedule_states(schedule, classic, *tensors)
+    def _run_schedule(self, count: int, classic: bool, *tensors: torch.Tensor) -> torch.Tensor:
+        *_, finished = self._schedule_states(count, classic, *tensors)
         return finished
 
     def _run_stream_step(
         self,
-        schedule: LcmSchedule,
+        count: int,
         classic: bool,
         latents: torch.Tensor,
         pending: torch.Tensor,
+        timesteps: torch.Tensor,
+        coefficients: torch.Tensor,
+        entry: torch.Tensor,
         text: torch.Tensor,
         noise: torch.Tensor,
         guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One stream-batch call; returns (B, n, C, h, w): the finished latents, then the new pending."""
-        count, sessions = len(schedule.steps), latents.shape[0]
-        entering = schedule.noise_sqrt_alpha * latents + schedule.noise_sqrt_beta * noise[0]
+        sessions = latents.shape[0]
+        entering = entry[0] * latents + entry[1] * noise[0]
         samples = torch.cat([entering[:, None], pending], dim=1).flatten(0, 1)
-        column = {name: values.repeat(sessions, 1, 1, 1) for name, values in self._step_columns(schedule).items()}
-        eps = self._unet(samples, column["timestep"].flatten(), classic, text, guidance)
-        denoised = lcm_update(
-            samples, eps, column["sqrt_alpha"], column["sqrt_beta"], column["c_out"], column["c_skip"]
-        ).unflatten(0, (sessions, count))
-        alpha_next = column["sqrt_alpha_next"].unflatten(0, (sessions, count))[:, :-1]
-        beta_next = column["sqrt_beta_next"].unflatten(0, (sessions, count))[:, :-1]
+        # Sample s * n + i is session s at step i: each step's coefficient, repeated per session.
+        sqrt_alpha, sqrt_beta, c_out, c_skip, alpha_next, beta_next = (
+            column.view(-1, 1, 1, 1).repeat(sessions, 1, 1, 1) for column in coefficients.unbind(dim=1)
+        )
+        eps = self._unet(samples, timesteps.repeat(sessions), classic, text, guidance)
+        denoised = lcm_update(samples, eps, sqrt_alpha, sqrt_beta, c_out, c_skip).unflatten(0, (sessions, count))
+        alpha_next = alpha_next.unflatten(0, (sessions, count))[:, :-1]
+        beta_next = beta_next.unflatten(0, (sessions, count))[:, :-1]
         advanced = alpha_next * denoised[:, :-1] + beta_next * noise[1:count].transpose(0, 1)
         return torch.cat([denoised[:, -1:], advanced], dim=1)
-
-    def _step_columns(self, schedule: LcmSchedule) -> dict[str, torch.Tensor]:
-        """Each step coefficient as an (n, 1, 1, 1) tensor in the model's dtype, and the timesteps."""
-        columns = self._columns.get(schedule)
-        if columns is None:
-            device, dtype = self.model.device, self.model.dtype
-            columns = {
-                name: torch.tensor([getattr(step, name) for step in schedule.steps], dtype=dtype, device=device).view(
-                    -1, 1, 1, 1
-                )
-                for name in ("sqrt_alpha", "sqrt_beta", "c_out", "c_skip", "sqrt_alpha_next", "sqrt_beta_next")
-            }
-            columns["timestep"] = torch.tensor(schedule.timesteps, device=device).view(-1, 1, 1, 1)
-            self._columns[schedule] = columns
-        return columns
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> (B, 3, H, W) pictures in [0, 1] on the device."""
@@ -260,17 +278,10 @@ class LcmStream:
     @staticmethod
     def to_uint8(pictures: torch.Tensor) -> np.ndarray:
         """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8 on the host, rounded as diffusers rounds."""
-        return pictures.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return devices.to_host(pictures.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous())
 
     def _compute_schedule(self, steps: int, strength: float) -> LcmSchedule:
         return lcm_schedule(self.model.scheduler_config, steps, strength)
-
-    def _timestep(self, timestep: int) -> torch.Tensor:
-        tensor = self._timesteps.get(timestep)
-        if tensor is None:
-            tensor = torch.tensor(timestep, dtype=torch.long, device=self.model.device)
-            self._timesteps[timestep] = tensor
-        return tensor
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ class StylecamCollector(Collector):
             return
         snapshot = engine.snapshot()
         yield GaugeMetricFamily("stylecam_output_fps", "frames per second out, all sessions", value=snapshot["fps"])
-        if snapshot["device_memory_mb"] is not None:
-            memory = snapshot["device_memory_mb"] * 2**20
+        memory = engine.transform.device_memory_bytes()
+        if memory is not None:
             yield GaugeMetricFamily("stylecam_device_memory_bytes", "device memory held by the model", value=memory)
         for key, help_text in (
             ("frames_in", "camera frames received"),

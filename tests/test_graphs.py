@@ -1,23 +1,30 @@
-"""CUDA-graph caching on the CPU: a stand-in graph with a real graph's contract (inputs copied
-into static buffers, everything else frozen at capture) behind the real GraphCache and LcmStream."""
+"""CUDA-graph caching on the CPU: a stand-in graph with a real graph's contract (traced once, so
+everything but its inputs is frozen at capture; one output buffer, overwritten by each replay)
+behind the real GraphCache and LcmStream; and GraphedCall's capture against stand-ins of
+torch.cuda's streams and graphs."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 import torch
+from av import VideoFrame
+from torch.fx.experimental.proxy_tensor import make_fx
 
-from models.graphs import CapturePlace, GraphCache
+from models.graphs import CapturePlace, GraphCache, GraphedCall
 from models.loading import DiffusionModel, load_model
 from models.stream import LcmStream
 from models.tiny import tiny_unet
-from tests.test_diffusion import camera_frame, job
+from tests.test_diffusion import camera_frame, job, session
+from transforms.base import FrameJob, Stage
 from transforms.diffusion import DiffusionTransform
 from transforms.params import StyleParams
 
@@ -25,20 +32,23 @@ SIZE = 64
 
 
 class FakeGraph:
-    """Captures like torch's CUDA graphs do: the function and every value it closed over are
-    fixed at capture; only the tensors passed in change, copied into the first call's buffers."""
+    """Captures as torch's CUDA graphs do: the function is traced once (make_fx), so any value it
+    reads that is not an input (a float, a tensor from a cache) is frozen at capture; a call
+    copies the inputs into the capture's buffers and overwrites one output buffer."""
 
     places: ClassVar[list[CapturePlace]] = []
 
     def __init__(self, function: Callable[..., torch.Tensor], examples: tuple[torch.Tensor, ...], place: Any) -> None:
-        self.function = function
         self.inputs = tuple(example.clone() for example in examples)
+        self.traced = make_fx(lambda *tensors: function(*tensors))(*self.inputs)
+        self.output = self.traced(*self.inputs).clone()
         FakeGraph.places.append(place)
 
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
         for static, tensor in zip(self.inputs, tensors, strict=True):
             static.copy_(tensor)
-        return self.function(*self.inputs).clone()
+        self.output.copy_(self.traced(*self.inputs))
+        return self.output
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +94,21 @@ def test_moving_the_guidance_slider_replays_one_graph_and_the_picture_follows(
     assert (pictures[0] - pictures[-1]).abs().mean() > 1e-3, "the scale reaches the UNet"
 
 
-def test_strengths_with_the_same_schedule_share_a_graph(model: DiffusionModel, latents: torch.Tensor) -> None:
-    stream = graphed(LcmStream(model))
-    assert stream.schedule(4, 0.5) == stream.schedule(4, 0.6), "int(4 x strength) = 2 evaluations both"
-    denoise(stream, latents, 4, 0.5, 1.0)
-    denoise(stream, latents, 4, 0.6, 1.0)
-    assert stream.graphs["denoise"].captures == 1
-    denoise(stream, latents, 4, 1.0, 1.0)
-    assert stream.graphs["denoise"].captures == 2
+def test_schedules_of_one_length_share_a_graph_and_keep_their_own_timesteps(
+    model: DiffusionModel, latents: torch.Tensor
+) -> None:
+    """Regression: each (steps, strength) had its own graph (dozens on the sliders). Now the
+    timesteps and coefficients are inputs: 4 steps at 0.5 and 8 steps at 0.25 (two UNet
+    evaluations each, at other timesteps) replay one graph, each with its own schedule."""
+    eager, cached = LcmStream(model), graphed(LcmStream(model))
+    assert eager.schedule(4, 0.5).timesteps != eager.schedule(8, 0.25).timesteps
+    for steps, strength in ((4, 0.5), (8, 0.25), (4, 0.5), (4, 0.6), (8, 0.25)):
+        ours = denoise(cached, latents, steps, strength, 1.0)
+        assert torch.allclose(ours, denoise(eager, latents, steps, strength, 1.0), atol=1e-5), (steps, strength)
+    assert cached.graphs["denoise"].captures == 1
+    denoise(cached, latents, 4, 1.0, 1.0)
+    denoise(cached, latents, 4, 1.0, 1.0)
+    assert cached.graphs["denoise"].captures == 2, "four evaluations are another graph"
 
 
 def test_equal_schedules_share_one_unet_call(model: DiffusionModel) -> None:
@@ -109,17 +126,35 @@ def test_equal_schedules_share_one_unet_call(model: DiffusionModel) -> None:
     assert calls == [2, 2], "2 evaluations, each one call for both frames"
 
 
+def double(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
 def test_the_cache_keeps_the_most_recently_used_graphs_in_one_pool() -> None:
     """Sliders moved and sessions coming and going must not capture graph after graph."""
     FakeGraph.places.clear()
     cache = GraphCache(True, capacity=3, capture=FakeGraph)
     for key in ("a", "b", "c", "a", "d", "e"):
-        result = cache.run(key, lambda x: x * 2, torch.ones(2))
-        assert torch.equal(result, torch.full((2,), 2.0))
+        for _ in range(2):  # a key's second call captures it
+            assert torch.equal(cache.run(key, double, torch.ones(2)), torch.full((2,), 2.0))
     assert len(cache) == 3
     assert "a" in cache and "b" not in cache and "c" not in cache, "the least recently used go first"
     assert cache.captures == 5
     assert len(FakeGraph.places) == 5 and len({id(place) for place in FakeGraph.places}) == 1, "one pool per stage"
+
+
+def test_a_key_seen_once_costs_no_capture() -> None:
+    cache = GraphCache(True, capture=FakeGraph)
+    for batch in range(1, 6):
+        cache.run(("encode", batch), double, torch.ones(batch))
+    assert cache.captures == 0 and len(cache) == 0
+
+
+def test_a_result_is_not_overwritten_by_the_next_replay() -> None:
+    """A graph writes every replay into the same output buffer: each result must be a copy."""
+    cache = GraphCache(True, capture=FakeGraph)
+    results = [cache.run("k", double, torch.full((2,), float(value))) for value in range(4)]
+    assert [float(result[0]) for result in results] == [0.0, 2.0, 4.0, 6.0]
 
 
 def test_a_failed_capture_runs_eagerly_and_is_not_retried() -> None:
@@ -150,11 +185,13 @@ def test_two_threads_never_capture_at_once() -> None:
         return FakeGraph(function, examples, place)
 
     caches = [GraphCache(True, capture=slow_capture) for _ in range(3)]
-    threads = [
-        threading.Thread(target=lambda c=c, k=k: c.run(k, torch.neg, torch.ones(1)))
-        for c in caches
-        for k in range(3)
-    ]
+
+    def stage(cache: GraphCache) -> None:  # one thread per cache, as one per stage
+        for key in range(3):
+            for _ in range(2):
+                cache.run(key, torch.neg, torch.ones(1))
+
+    threads = [threading.Thread(target=stage, args=(cache,)) for cache in caches]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -167,9 +204,11 @@ def test_each_stage_has_its_own_pool(model: DiffusionModel) -> None:
     FakeGraph.places.clear()
     stream = graphed(LcmStream(model))
     transform = DiffusionTransform(stream, SIZE, SIZE)
-    jobs = [job(StyleParams(), "a"), job(StyleParams(), "b", shade=30)]
-    for stage in transform.stages():
-        stage.process(jobs)
+    stages = transform.stages()
+    for _ in range(2):
+        jobs = [job(StyleParams(), "a"), job(StyleParams(), "b", shade=30)]
+        for stage in stages:
+            stage.process(jobs)
     assert [cache.captures for cache in stream.graphs.values()] == [1, 1, 1]
     assert len({id(place) for place in FakeGraph.places}) == 3
 
@@ -196,23 +235,115 @@ def test_a_classic_guidance_batch_of_two_sessions_runs(model: DiffusionModel) ->
     assert np.abs(together[0] - together[1]).mean() > 1.0
 
 
-def test_churn_keeps_the_number_of_graphs_bounded(model: DiffusionModel) -> None:
-    """Random params and batch sizes (sessions coming and going): the cache never grows past its bound."""
-    stream = graphed(LcmStream(model), capacity=6)
+def pictures(stages: list[Stage], params: StyleParams, frames: list[VideoFrame]) -> list[np.ndarray]:
+    jobs = [FrameJob(session(f"s{index}", params), 0.0, params, frame) for index, frame in enumerate(frames)]
+    for stage in stages:
+        stage.process(jobs)
+    return [one.data.to_ndarray(format="rgb24").astype(np.int16) for one in jobs]
+
+
+def test_churn_keeps_the_graphs_bounded_and_every_picture_right(model: DiffusionModel) -> None:
+    """Random params and batch sizes (sessions coming and going): the cache never grows past its
+    bound, and every frame equals what the model gives without graphs."""
+    stream = graphed(LcmStream(model), capacity=2)
+    graphed_stages = DiffusionTransform(stream, SIZE, SIZE).stages()
+    eager_stages = DiffusionTransform(LcmStream(model), SIZE, SIZE).stages()
     rng = np.random.default_rng(0)
-    frames = [camera_frame(int(shade)) for shade in rng.integers(0, 60, 4)]
-    transform = DiffusionTransform(stream, SIZE, SIZE)
-    stages = transform.stages()
-    for _ in range(40):
+    for round_ in range(20):
         params = StyleParams(
-            steps=int(rng.integers(1, 9)),
+            steps=int(rng.integers(1, 5)),
             strength=float(rng.uniform(0.05, 1.0)),
             guidance_scale=round(float(rng.uniform(0, 8)), 1),
+            seed=round_,
         )
-        jobs = [job(params, f"s{i}") for i in range(int(rng.integers(1, 4)))]
-        for one, frame in zip(jobs, frames, strict=False):
-            one.data = frame
-        for stage in stages:
-            stage.process(jobs)
-    assert all(len(cache) <= 6 for cache in stream.graphs.values())
-    assert stream.graphs["denoise"].captures > 6, "the churn did need more graphs than the bound"
+        frames = [camera_frame(int(shade)) for shade in rng.integers(0, 60, int(rng.integers(1, 3)))]
+        ours, expected = pictures(graphed_stages, params, frames), pictures(eager_stages, params, frames)
+        for picture, reference in zip(ours, expected, strict=True):
+            assert np.abs(picture - reference).max() <= 2, round_
+    assert all(len(cache) <= 2 for cache in stream.graphs.values())
+    assert stream.graphs["denoise"].captures > 2, "the churn did need more graphs than the bound"
+
+
+class FakeCuda:
+    """torch.cuda's streams and graphs as records: which stream each call ran on, what a capture
+    was given. `current` is the stage thread's own stream."""
+
+    def __init__(self) -> None:
+        self.current = self.Stream()
+        self.active = [self.current]
+        self.capturing = False
+        self.graphs: list[SimpleNamespace] = []
+
+    def Stream(self, priority: int = 0) -> SimpleNamespace:
+        return SimpleNamespace(priority=priority, wait_stream=lambda other: None, synchronize=lambda: None)
+
+    @contextlib.contextmanager
+    def stream(self, stream: SimpleNamespace) -> Iterator[None]:
+        self.active.append(stream)
+        try:
+            yield
+        finally:
+            self.active.pop()
+
+    def current_stream(self) -> SimpleNamespace:
+        return self.active[-1]
+
+    def CUDAGraph(self) -> SimpleNamespace:
+        graph = SimpleNamespace(begun=None, ended=False, replay=lambda: None)
+
+        def capture_begin(pool: object = None, capture_error_mode: str = "global") -> None:
+            graph.begun = (pool, capture_error_mode, self.active[-1])
+            self.capturing = True
+
+        def capture_end() -> None:
+            graph.ended, self.capturing = True, False
+
+        graph.capture_begin, graph.capture_end = capture_begin, capture_end
+        self.graphs.append(graph)
+        return graph
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
+    cuda = FakeCuda()
+    for name in ("Stream", "stream", "current_stream", "CUDAGraph"):
+        monkeypatch.setattr(torch.cuda, name, getattr(cuda, name))
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", object)
+    return cuda
+
+
+def test_a_capture_runs_on_its_stages_stream_into_its_stages_pool(fake_cuda: FakeCuda) -> None:
+    """Regression: captures used torch.cuda.graph's one class-level stream, shared by every
+    thread (two stages capturing at once collided), and each kept a private pool."""
+    place = CapturePlace()
+    calls: list[tuple[str, object]] = []
+
+    def function(x: torch.Tensor) -> torch.Tensor:
+        calls.append(("capture" if fake_cuda.capturing else "warm-up", fake_cuda.current_stream()))
+        return x + 1
+
+    GraphedCall(function, (torch.ones(1),), place)
+    GraphedCall(function, (torch.ones(2),), place)
+    first, second = fake_cuda.graphs
+    pool, mode, stream = first.begun
+    assert mode == "thread_local", "other stage threads keep working while one captures"
+    assert stream is place.stream and stream is not fake_cuda.current and stream.priority < 0
+    assert second.begun[0] is pool and second.begun[2] is stream, "one pool and stream per stage"
+    assert calls[:3] == [("warm-up", stream), ("warm-up", stream), ("capture", stream)]
+    assert first.ended and fake_cuda.active == [fake_cuda.current], "the stage's stream is current again"
+
+
+def test_a_failed_capture_ends_the_capture_and_gives_the_stream_back(fake_cuda: FakeCuda) -> None:
+    place = CapturePlace()
+    runs: list[int] = []
+
+    def breaks_in_capture(x: torch.Tensor) -> torch.Tensor:
+        runs.append(1)
+        if len(runs) > 2:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return x
+
+    with pytest.raises(RuntimeError, match="capturing"):
+        GraphedCall(breaks_in_capture, (torch.ones(1),), place)
+    assert fake_cuda.graphs[0].ended, "the capture is ended, not left open"
+    assert fake_cuda.active == [fake_cuda.current], "the stage keeps its own stream"

@@ -15,9 +15,9 @@ from transforms.similarity import SimilarityFilter
 logger = logging.getLogger(__name__)
 
 SLOW_ON_CPU = (
-    "No CUDA GPU: a full-size model on the CPU takes seconds per frame. For a live picture run stylecam on "
-    "an NVIDIA GPU, or choose --transform cartoon (OpenCV filters, no model) or --model tiny (the diffusion "
-    "code path with a tiny test model: fast, but noise, not art)."
+    "Running on the CPU: a full-size model takes seconds per frame here. For a live picture run stylecam "
+    "on an NVIDIA GPU, or choose --transform cartoon (OpenCV filters, no model) or --model tiny (the "
+    "diffusion code path with a tiny test model: fast, but noise, not art)."
 )
 
 

@@ -1,8 +1,8 @@
-"""The diffusion transform: LCM img2img with TAESD as four engine stages.
+"""The diffusion transform: LCM img2img with TAESD as five engine stages.
 
 prepare (camera frame -> pixels on the device) -> encode (TAESD) -> denoise (UNet, LCM
 steps, one batched call per step for all frames waiting, each with its own session's
-prompt, guidance and noise) -> decode (TAESD -> VideoFrame).
+prompt, guidance and noise) -> decode (TAESD -> RGB on the host) -> finish (VideoFrame).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from models.lcm import LcmSchedule
 from models.stream import FrameCondition, LcmStream
 from transforms.base import FrameJob, Stage, Transform
 from transforms.engine import EngineSession
-from transforms.frames import frame_to_rgb, rgb_to_frame
+from transforms.finish import FinishStage
+from transforms.frames import frame_to_rgb
 from transforms.params import StyleParams
 
 GroupKey = tuple[LcmSchedule, bool]
@@ -38,13 +39,15 @@ class DiffusionStage(Stage):
         devices.use_own_stream(self.stream.model.device)
 
     def process(self, jobs: Sequence[FrameJob]) -> None:
-        # Held until the device is done with them: freed sooner, their memory could be given
-        # to another stage's stream while this stage's kernels still read it.
+        # Held until the device is done with them (also when run fails): freed sooner, their
+        # memory could be given to another stage's stream while this stage's kernels read it.
         inputs = [job.data for job in jobs]
-        with torch.inference_mode():
-            self.run(jobs)
-        devices.finish_work(self.stream.model.device)
-        del inputs
+        try:
+            with torch.inference_mode():
+                self.run(jobs)
+        finally:
+            devices.finish_work(self.stream.model.device)
+            del inputs
 
     def run(self, jobs: Sequence[FrameJob]) -> None:
         raise NotImplementedError
@@ -123,12 +126,14 @@ class DenoiseStage(DiffusionStage):
 
 
 class DecodeStage(DiffusionStage):
+    """TAESD -> RGB arrays on the host (the finish stage makes VideoFrames of them)."""
+
     name = "decode"
 
     def run(self, jobs: Sequence[FrameJob]) -> None:
         pictures = self.stream.to_uint8(self.stream.decode(torch.cat([job.data for job in jobs])))
         for job, picture in zip(jobs, pictures, strict=True):
-            job.data = rgb_to_frame(picture)
+            job.data = picture
 
 
 def one_frame_per_session(jobs: list[FrameJob]) -> list[list[FrameJob]]:
@@ -166,6 +171,7 @@ class DiffusionTransform(Transform):
             EncodeStage(self.stream),
             DenoiseStage(self.stream, *self._size, stream_batch=self._stream_batch),
             DecodeStage(self.stream),
+            FinishStage(),
         ]
 
     def device_memory_bytes(self) -> int | None:
@@ -192,8 +198,8 @@ class DiffusionTransform(Transform):
         so the next frame finds them ready and the stream never stalls on a prompt change."""
         device = self.stream.model.device
         devices.bind_thread(device)
-        self.stream.schedule(params.steps, params.strength)
         with torch.inference_mode():
+            self.stream.schedule_inputs(self.stream.schedule(params.steps, params.strength))
             condition(self.stream, params, *self._size)
         devices.finish_work(device)
 

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 
 from transforms.base import FrameJob, Stage, Transform
-from transforms.frames import frame_to_rgb, rgb_to_frame
+from transforms.finish import FinishStage
+from transforms.frames import frame_to_rgb
 
 ImageFilter = Callable[[np.ndarray], np.ndarray]
 
@@ -67,16 +68,6 @@ class FilterStage(Stage):
     def process(self, jobs: Sequence[FrameJob]) -> None:
         for job in jobs:
             job.data = self._filter(job.data)
-
-
-class FinishStage(Stage):
-    """RGB array -> yuv420p VideoFrame for the encoder."""
-
-    name = "finish"
-
-    def process(self, jobs: Sequence[FrameJob]) -> None:
-        for job in jobs:
-            job.data = rgb_to_frame(job.data)
 
 
 class FilterTransform(Transform):
