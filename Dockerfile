@@ -18,7 +18,9 @@
 ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE}
 
-ARG TORCH="torch>=2.6"
+# The torch the H200 figures were measured with (BENCHMARKS.md); a CUDA 13 build from PyPI,
+# which needs NVIDIA driver 580 or newer. For an older driver pick a torch built for its CUDA.
+ARG TORCH="torch==2.11.0"
 ARG PIP_OPTIONS=""
 
 ENV LANG=C.UTF-8 \

@@ -35,8 +35,14 @@ def check(settings: Settings) -> None:
     """`--check`: load, run frames through the real engine, report on stdout; exit 1 on failure."""
     # The check times the model: the similarity filter would answer some frames without it.
     settings = settings.model_copy(update={"similarity_threshold": 0.0})
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        logger.warning("%s", message)
+
     try:
-        engine = build_engine(settings)
+        engine = build_engine(settings, warn)
     except TransformLoadError as exc:
         raise SystemExit(f"stylecam check: FAILED: {exc}") from None
     except Exception as exc:
@@ -44,7 +50,7 @@ def check(settings: Settings) -> None:
         raise SystemExit(f"stylecam check: FAILED: {type(exc).__name__}: {exc} (--log-level DEBUG: details)") from None
     engine.start()
     try:
-        report = run_check(engine, engine.transform.details())
+        report = run_check(engine, engine.transform.details(), warnings)
     finally:
         engine.stop()
     sys.stdout.write(report.render() + "\n")

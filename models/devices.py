@@ -10,8 +10,12 @@ the GPU's time (admission pacing and /stats depend on it), and what it hands ove
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+NVIDIA_DRIVER_VERSION = Path("/proc/driver/nvidia/version")  # present where the NVIDIA driver is loaded
 
 
 def bind_thread(device: torch.device) -> None:
@@ -52,3 +56,13 @@ def to_host(tensor: torch.Tensor) -> np.ndarray:
     host.copy_(tensor, non_blocking=True)
     finish_work(tensor.device)
     return host.numpy()
+
+
+def unusable_gpu() -> str | None:
+    """Why PyTorch runs on the CPU although an NVIDIA driver is loaded (a CPU build of torch, or
+    one built for a newer CUDA than the driver), or None when there is no such GPU."""
+    if torch.cuda.is_available() or not NVIDIA_DRIVER_VERSION.is_file():
+        return None
+    driver = NVIDIA_DRIVER_VERSION.read_text().splitlines()[0].strip()
+    built_for = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA: a CPU build"
+    return f"an NVIDIA driver is loaded ({driver}) but PyTorch {torch.__version__} ({built_for}) cannot use it"

@@ -33,6 +33,7 @@ def build_diffusion(settings: Settings, warn: Warn) -> Transform:
     # Imported here: torch and diffusers take seconds to import, and --help, a settings
     # error or a filter transform should not wait for them.
     from models.accelerators import Accelerators, accelerate, share_cpu_threads
+    from models.devices import unusable_gpu
     from models.loading import TINY_MODEL, ModelLoadError, load_model, resolve_device
     from models.stream import LcmStream
     from transforms.diffusion import DiffusionTransform
@@ -41,6 +42,9 @@ def build_diffusion(settings: Settings, warn: Warn) -> Transform:
         on_cpu = resolve_device(settings.device).type == "cpu"
     except ModelLoadError as exc:
         raise TransformLoadError(str(exc)) from exc
+    unusable = unusable_gpu() if on_cpu and settings.device == "auto" else None
+    if unusable:
+        warn(f"{unusable}: running on the CPU. Install a torch built for this driver (README: Docker, TORCH).")
     if on_cpu and settings.model != TINY_MODEL:
         warn(SLOW_ON_CPU)
 

@@ -24,6 +24,7 @@ FRAME_TIMEOUT_S = 600.0  # compiling, or a full-size model on a CPU, can take mi
 CAMERA_SIZE = (640, 480)
 CAMERA_FRAMES = 16  # distinct pictures cycled: consecutive ones differ, so none is skipped as a repeat
 OFFER_INTERVAL_S = 0.002  # the camera offers a frame this often: faster than any model takes them
+FLAT_PICTURE_STD = 1.0  # gray levels: a picture this even is one colour (NaN from the model turns black)
 
 
 @dataclass
@@ -35,7 +36,9 @@ class CheckReport:
     first_frame_s: float | None = None
     stages_ms: dict[str, float] = field(default_factory=dict)
     latency_ms: float | None = None
+    picture_std: float | None = None  # of the last picture out, in gray levels
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def fps(self) -> float:
@@ -50,6 +53,10 @@ class CheckReport:
             return f"no frame came out within {FRAME_TIMEOUT_S:.0f} s"
         if self.frames == 0:
             return f"only the first frame came out, none within {FRAME_TIMEOUT_S:.0f} s after it"
+        if self.picture_std is not None and self.picture_std < FLAT_PICTURE_STD:
+            return "the pictures come out flat, all one colour: the model gives no picture (NaN or broken weights?)"
+        if self.warnings:
+            return f"it runs, but: {self.warnings[0]}"
         return None
 
     def render(self) -> str:
@@ -64,6 +71,7 @@ class CheckReport:
         if self.stages_ms:
             stages = ", ".join(f"{name} {ms:.1f} ms" for name, ms in self.stages_ms.items())
             lines.append(f"  stage times  {stages}")
+        lines += [f"  warning      {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
 
@@ -81,15 +89,18 @@ def moving_camera(count: int = CAMERA_FRAMES) -> list[VideoFrame]:
     return frames
 
 
-def run_check(engine: FrameEngine, details: dict[str, str]) -> CheckReport:
-    """Push the moving camera through a started engine; time CHECK_FRAMES after the first frame."""
-    report = CheckReport(engine.transform.name, details)
+def run_check(engine: FrameEngine, details: dict[str, str], warnings: list[str]) -> CheckReport:
+    """Push the moving camera through a started engine; time CHECK_FRAMES after the first frame.
+    `warnings` (what loading the transform warned of) fail the check: the setup needs attention."""
+    report = CheckReport(engine.transform.name, details, warnings=list(warnings))
     outputs: list[float] = []
+    last_picture: list[VideoFrame] = []
     arrived = threading.Condition()
 
     def on_result(job: FrameJob) -> None:
         with arrived:
             outputs.append(time.monotonic())
+            last_picture[:] = [job.data]
             arrived.notify_all()
 
     def on_error(message: str) -> None:
@@ -117,6 +128,8 @@ def run_check(engine: FrameEngine, details: dict[str, str]) -> CheckReport:
         timed = outputs[1 : CHECK_FRAMES + 1]
         report.frames = len(timed)
         report.seconds = timed[-1] - outputs[0] if timed else 0.0
+    if last_picture:
+        report.picture_std = float(last_picture[0].to_ndarray(format="gray").std())
     report.latency_ms = session.latency.median()
     report.stages_ms = {name: stage["ms"] for name, stage in engine.snapshot()["stages"].items()}
     return report
