@@ -114,11 +114,11 @@ class Settings(BaseSettings):
         "at full-step quality, output (UNet evaluations - 1) frames later",
     )
     similarity_threshold: float = Field(
-        1.0,
+        5.0,
         ge=0,
         le=255,
-        description="a camera frame this close (mean gray difference) to the last processed one repeats "
-        "the last output instead of running the model; 0 turns the filter off",
+        description="a camera frame in which no block of a 64-wide grid changed its mean gray level by this "
+        "much since the last processed frame repeats the last output instead of running the model; 0: off",
     )
     max_skips: int = Field(10, ge=0, le=300, description="at most this many repeated outputs in a row")
     width: int = Field(512, ge=64, le=2048, multiple_of=8, description="processing width (px)")
