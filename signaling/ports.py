@@ -18,10 +18,14 @@ the range; every other call goes to the loop untouched:
 - no STUN client socket exists: server-reflexive candidates reuse the host sockets.
 
 The wrapper is installed on the loop when the first gathering starts and removed when the
-last one ends, so nothing outside answering an offer is patched. Concurrent offers are
-safe: each gathers in its own context, a port is picked and bound in one synchronous step
-(no other coroutine runs in between), and the kernel refuses a port that is taken, by us
-or by anyone, so it is skipped.
+last one ends (putting back any patch someone else had put on that loop), so nothing
+outside answering an offer is patched. Concurrent offers are safe: each gathers in its own
+context, a port is picked and bound in one synchronous step (no other coroutine runs in
+between), and the kernel refuses a port that is taken, by us or by anyone, so it is skipped.
+
+If a socket ever escapes anyway (aioice calls with another shape, or gathers outside
+`gathering()`), `SessionPorts.check_host_ports` catches it in the answer and the offer is
+refused: silently leaving the range would give the browser a port it cannot reach.
 
 A session binds one socket on each host address (aiortc bundles and multiplexes RTCP onto
 one ICE component), so the range holds as many sessions as it has ports; sockets on different
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -40,6 +45,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
+
+from aiortc.sdp import SessionDescription
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,13 @@ class PortRangeExhausted(RuntimeError):
 
     Not an OSError on purpose: aioice logs an OSError from a bind and skips that address,
     which would answer the offer with no candidate and leave the browser waiting."""
+
+
+class PortRangeBypassed(PortRangeExhausted):
+    """A host candidate of a session was bound outside --udp-ports (HTTP 503).
+
+    A subclass so that the server refuses it like a full range: either way this session
+    cannot be reached through the published ports."""
 
 
 class PortRange:
@@ -71,6 +85,9 @@ class PortRange:
 
     def __str__(self) -> str:
         return f"{self.first}-{self.last}"
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.first <= port <= self.last
 
     def bind(self, host: str) -> socket.socket:
         """A UDP socket bound to `host` on the next free port of the range.
@@ -128,25 +145,59 @@ class SessionPorts:
             transport.close()
         self._transports.clear()
 
+    def check_host_ports(self, sdp: str) -> None:
+        """Raise PortRangeBypassed if a host candidate of `sdp` (our local description) has a
+        port outside the range: the wrapper only binds calls it recognises, so a change in
+        aioice would otherwise leave the range without a word."""
+        outside = sorted(
+            {
+                (candidate.ip, candidate.port)
+                for media in SessionDescription.parse(sdp).media
+                for candidate in media.ice_candidates
+                if candidate.type == "host" and candidate.port not in self.ports
+            }
+        )
+        if outside:
+            logger.error(
+                "session %s: host candidates outside --udp-ports %s: %s", self._session_id, self.ports, outside
+            )
+            raise PortRangeBypassed(
+                f"the server bound UDP sockets outside --udp-ports {self.ports} ({outside}), which the "
+                "browser cannot reach; this is a server bug, please report it"
+            )
+
     async def open(
         self, create: Callable[..., Any], protocol_factory: Callable[[], asyncio.DatagramProtocol], host: str
     ) -> DatagramEndpoint:
         if self._closed:
-            raise ConnectionError(f"session {self._session_id} closed while gathering")
+            raise self._closed_error()
         sock = self.ports.bind(host)
         try:
             transport, protocol = await create(protocol_factory, sock=sock)
         except BaseException:
             sock.close()
             raise
+        if self._closed:  # closed while `create` ran: close() could not see this transport
+            transport.close()
+            raise self._closed_error()
         self._transports.append(transport)
         logger.debug("session %s: UDP %s port %d", self._session_id, host, sock.getsockname()[1])
         return transport, protocol
 
+    def _closed_error(self) -> ConnectionError:
+        return ConnectionError(f"session {self._session_id} closed while gathering")
+
 
 _gathering_for: ContextVar[SessionPorts | None] = ContextVar("stylecam_gathering_for", default=None)
-# loop -> number of gatherings under way on it (the wrapper is installed while > 0)
-_installs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
+
+
+@dataclasses.dataclass
+class _Installed:
+    gatherings: int  # under way on the loop; the wrapper is installed while > 0
+    previous: Any  # the loop's own create_datagram_endpoint attribute before ours (someone's patch), or None
+
+
+_installs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Installed] = weakref.WeakKeyDictionary()
 
 
 def _host_candidate_address(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
@@ -164,10 +215,11 @@ def _host_candidate_address(args: tuple[Any, ...], kwargs: dict[str, Any]) -> st
 
 
 def _install(loop: asyncio.AbstractEventLoop) -> None:
-    count = _installs.get(loop, 0)
-    if count == 0:
+    installed = _installs.get(loop)
+    if installed is None:
+        installed = _installs[loop] = _Installed(0, vars(loop).get("create_datagram_endpoint"))
         _wrap(loop)
-    _installs[loop] = count + 1
+    installed.gatherings += 1
 
 
 def _wrap(loop: asyncio.AbstractEventLoop) -> None:
@@ -188,10 +240,12 @@ def _wrap(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _uninstall(loop: asyncio.AbstractEventLoop) -> None:
-    count = _installs.get(loop, 0) - 1
-    if count > 0:
-        _installs[loop] = count
+    installed = _installs[loop]
+    installed.gatherings -= 1
+    if installed.gatherings > 0:
         return
-    _installs.pop(loop, None)
-    with contextlib.suppress(AttributeError):
+    del _installs[loop]
+    if installed.previous is not None:
+        setattr(loop, "create_datagram_endpoint", installed.previous)  # noqa: B010 (as in _wrap)
+    else:
         delattr(loop, "create_datagram_endpoint")

@@ -43,6 +43,14 @@ class SessionRegistry:
         self._frame_timeout_s = frame_timeout_s
         # One range for all sessions, so they take turns over its ports.
         self._ports = PortRange(*udp_ports) if udp_ports is not None else None
+        if self._ports is not None and len(self._ports) < max_sessions:
+            # Each session takes one port of the range (on each host address): the range is the real limit.
+            logger.warning(
+                "--udp-ports %s holds only %d sessions, fewer than --max-sessions %d: offers beyond it get 503",
+                self._ports,
+                len(self._ports),
+                max_sessions,
+            )
         self._announced_address = announced_address
         self._sessions: dict[str, Session] = {}
 

@@ -88,7 +88,8 @@ class Session:
     async def answer(self, sdp: str) -> RTCSessionDescription:
         """Answer the browser's offer; the answer sends the stylized track back on the
         transceiver that brings the camera. Raises OfferError for an unusable offer, and
-        signaling.ports.PortRangeExhausted when no UDP port is left for it."""
+        signaling.ports.PortRangeExhausted when no UDP port is left for it (or its subclass
+        PortRangeBypassed when a socket was bound outside the range)."""
         if not sdp.startswith("v=0"):
             raise OfferError("invalid SDP offer: it must start with 'v=0'")
         try:
@@ -100,6 +101,8 @@ class Session:
         await self._prepare(self.engine_session.params)
         with self._gathering():
             await self.pc.setLocalDescription(await self.pc.createAnswer())
+        if self._ports is not None:
+            self._ports.check_host_ports(self.pc.localDescription.sdp)
         self._start(self._read_camera(self._camera), "camera")
         self._start(self._report(), "report")
         answer = self.pc.localDescription

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import random
 import socket
 import time
@@ -16,18 +17,25 @@ import psutil
 import pytest
 from aioice.ice import get_host_addresses
 from aiortc import RTCConfiguration, RTCIceCandidate, RTCPeerConnection
-from aiortc.sdp import SessionDescription
+from aiortc.sdp import MediaDescription, SessionDescription
 
 from bench.client import OfferRefused, StreamClient, SyntheticCamera
 from bench.serve import ServerProcess
+from settings import Settings
+from signaling import ports as ports_module
+from signaling.app import build_app
 from signaling.candidates import announce
+from signaling.ports import PortRange, SessionPorts
 from tests.conftest import ARTIFACTS, RunningServer
+from transforms.catalog import build_engine
+from transforms.host import EngineHost
 
 # aioice binds one host candidate per address (loopback and link-local excepted), and
 # aiortc bundles everything onto one ICE component: one UDP socket per address and session.
 SOCKETS_PER_SESSION = len(get_host_addresses(use_ipv4=True, use_ipv6=True))
 PROBE_FIRST_PORTS = (20_000, 30_000)  # below Linux's ephemeral range, so clients' sockets stay out
 ANNOUNCED = "192.0.2.7"  # TEST-NET-1: reaches nobody
+LOOPBACK = "127.0.0.1"
 
 Serve = Callable[..., Awaitable[ServerProcess]]
 StartServer = Callable[..., Awaitable[RunningServer]]
@@ -89,12 +97,57 @@ def answer_candidates(sdp: str) -> list[RTCIceCandidate]:
     return [candidate for media in SessionDescription.parse(sdp).media for candidate in media.ice_candidates]
 
 
+def candidates_of(media: MediaDescription, version: int) -> list[UdpSocket]:
+    """(address, port) of the media's candidates of this IP version, in order."""
+    return [(c.ip, c.port) for c in media.ice_candidates if ipaddress.ip_address(c.ip).version == version]
+
+
 async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"not in {timeout_s:.0f} s: {what}")
         await asyncio.sleep(0.05)
+
+
+def port_of(transport: asyncio.BaseTransport) -> int:
+    return int(transport.get_extra_info("sockname")[1])
+
+
+async def bind_host_socket(transports: list[asyncio.DatagramTransport]) -> int:
+    """Bind a socket as aioice does for a host candidate (the call signaling/ports.py confines);
+    it goes to `transports`, for the test to close. Returns its port."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=(LOOPBACK, 0))
+    transports.append(transport)
+    return port_of(transport)
+
+
+class HeldGathering:
+    """A task that holds `session.gathering()` open and binds host sockets in it on request,
+    so that a test decides exactly how gatherings overlap."""
+
+    def __init__(self, session: SessionPorts, transports: list[asyncio.DatagramTransport]) -> None:
+        self._requests: asyncio.Queue[asyncio.Future[int] | None] = asyncio.Queue()
+        self._transports = transports
+        self.task = asyncio.create_task(self._run(session))
+
+    async def bind(self) -> int:
+        reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        await self._requests.put(reply)
+        return await reply
+
+    async def end(self) -> None:
+        await self._requests.put(None)
+        await self.task
+
+    async def _run(self, session: SessionPorts) -> None:
+        with session.gathering():
+            while (reply := await self._requests.get()) is not None:
+                try:
+                    reply.set_result(await bind_host_socket(self._transports))
+                except Exception as exc:
+                    reply.set_exception(exc)
 
 
 @pytest.fixture
@@ -215,7 +268,7 @@ async def test_host_candidates_carry_the_announced_address(serve: Serve) -> None
 
 
 async def test_an_ipv6_announced_address_leaves_ipv4_alone(start_server: StartServer) -> None:
-    """Only candidates of the announced address's family change; ports never do."""
+    """Only a candidate of the announced address's family changes (any others of it go); ports never do."""
     server = await start_server()
     client = StreamClient(server.url)
     try:
@@ -224,11 +277,10 @@ async def test_an_ipv6_announced_address_leaves_ipv4_alone(start_server: StartSe
     finally:
         await client.close()
     announced = announce(sdp, "2001:db8::7")
-    before, after = answer_candidates(sdp), answer_candidates(announced)
-    assert [c.port for c in after] == [c.port for c in before]
-    for old, new in zip(before, after, strict=True):
-        expected = "2001:db8::7" if ipaddress.ip_address(old.ip).version == 6 else old.ip
-        assert new.ip == expected
+    medias = zip(SessionDescription.parse(sdp).media, SessionDescription.parse(announced).media, strict=True)
+    for before, after in medias:
+        assert candidates_of(after, 4) == candidates_of(before, 4)
+        assert candidates_of(after, 6) == [("2001:db8::7", port) for _, port in candidates_of(before, 6)[:1]]
     assert announce(sdp, "2001:db8::7") == announced and announce(announced, "2001:db8::7") == announced
 
 
@@ -250,3 +302,149 @@ async def test_the_range_binds_only_the_servers_host_candidates(start_server: St
         assert "create_datagram_endpoint" not in vars(asyncio.get_running_loop())
     finally:
         await asyncio.gather(*(client.close() for client in pair))
+
+
+async def test_overlapping_gatherings_confine_only_their_own_sockets() -> None:
+    """Regression: the gathering session is per context, but no test made gatherings overlap,
+    so a process-global "current session" passed as well. Here session A gathers while task B,
+    outside any gathering, binds (its port must stay out of the range) and session C gathers
+    (a port of its own in the range); once A ends, C's sockets are still confined, and once C
+    ends the loop is unpatched."""
+    first, last = free_udp_range(10)
+    ports = PortRange(first, last)
+    loop = asyncio.get_running_loop()
+    sessions = [SessionPorts(ports, "a"), SessionPorts(ports, "c")]
+    transports: list[asyncio.DatagramTransport] = []
+    held: list[HeldGathering] = []
+    try:
+        held.append(HeldGathering(sessions[0], transports))
+        in_a = await held[0].bind()
+        outside = await asyncio.create_task(bind_host_socket(transports))  # task B, made in this context
+        held.append(HeldGathering(sessions[1], transports))
+        in_c = await held[1].bind()
+        assert outside not in ports, f"a socket outside any gathering went into {ports}"
+        assert in_a in ports and in_c in ports and in_a != in_c, (in_a, in_c)
+
+        await held[0].end()
+        assert "create_datagram_endpoint" in vars(loop), "A's end unpatched the loop while C gathers"
+        assert await held[1].bind() in ports, "C's socket left the range once A ended"
+        await held[1].end()
+        assert "create_datagram_endpoint" not in vars(loop)
+    finally:
+        for gathering in held:
+            gathering.task.cancel()
+        await asyncio.gather(*(gathering.task for gathering in held), return_exceptions=True)
+        for session in sessions:
+            session.close()
+        for transport in transports:
+            transport.close()
+
+
+async def test_a_socket_outside_the_range_refuses_the_offer(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: had aioice bound its host sockets with a call the wrapper does not recognise,
+    they took ports of the system's choice without a word, and the browser was told ports the
+    container does not publish. The answer is checked now: a 503 that says so, an error logged,
+    and no session left."""
+    monkeypatch.setattr(ports_module, "_host_candidate_address", lambda args, kwargs: None)
+    first, last = free_udp_range(10)
+    server = await start_server(udp_ports=f"{first}-{last}")
+    client = StreamClient(server.url)
+    try:
+        with pytest.raises(OfferRefused) as caught:
+            await client.connect()
+    finally:
+        await client.close()
+    assert caught.value.status == 503
+    assert f"outside --udp-ports {first}-{last}" in caught.value.body["error"]
+    assert any(r.levelno == logging.ERROR and "outside --udp-ports" in r.getMessage() for r in caplog.records)
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/health") as response:
+        assert (await response.json())["sessions"] == 0
+
+
+async def test_a_socket_bound_as_its_session_closes_is_closed() -> None:
+    """Regression: a host socket whose creation was under way when its session closed (another
+    address failed) was kept after close() had run, open for good."""
+    first, last = free_udp_range(2)
+    session = SessionPorts(PortRange(first, last), "s")
+    loop = asyncio.get_running_loop()
+    waiting, release = asyncio.Event(), asyncio.Event()
+    created: list[asyncio.BaseTransport] = []
+
+    async def slow_create(
+        protocol_factory: Callable[[], asyncio.DatagramProtocol], *, sock: socket.socket
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        waiting.set()
+        await release.wait()
+        transport, protocol = await loop.create_datagram_endpoint(protocol_factory, sock=sock)
+        created.append(transport)
+        return transport, protocol
+
+    opening = asyncio.create_task(session.open(slow_create, asyncio.DatagramProtocol, LOOPBACK))
+    await waiting.wait()
+    session.close()
+    release.set()
+    with pytest.raises(ConnectionError, match="closed while gathering"):
+        await opening
+    assert len(created) == 1 and created[0].is_closing()
+
+
+async def test_the_loop_gets_back_a_patch_made_before_the_gathering() -> None:
+    """Regression: the end of the last gathering deleted the loop's instance attribute, and with
+    it a patch someone else had put there before."""
+    first, last = free_udp_range(2)
+    loop = asyncio.get_running_loop()
+    earlier = loop.create_datagram_endpoint
+    setattr(loop, "create_datagram_endpoint", earlier)  # noqa: B010 (a patch, as ports.py makes one)
+    try:
+        with SessionPorts(PortRange(first, last), "s").gathering():
+            assert vars(loop)["create_datagram_endpoint"] is not earlier
+        assert vars(loop)["create_datagram_endpoint"] is earlier
+    finally:
+        vars(loop).pop("create_datagram_endpoint", None)
+
+
+def test_one_announced_host_candidate_per_family() -> None:
+    """Regression: on a machine with two IPv4 addresses, both host candidates became
+    ANNOUNCED:port, the second with the port of a socket the mapping does not lead to. Only the
+    first IPv4 host candidate stays (announced); IPv6 and server-reflexive ones are untouched."""
+    sdp = "\r\n".join(
+        [
+            "v=0",
+            "o=- 1 1 IN IP4 0.0.0.0",
+            "s=-",
+            "t=0 0",
+            "m=video 40001 UDP/TLS/RTP/SAVPF 96",
+            "c=IN IP4 10.0.0.5",
+            "a=mid:0",
+            "a=rtpmap:96 VP8/90000",
+            "a=candidate:1 1 udp 2130706431 10.0.0.5 40001 typ host",
+            "a=candidate:2 1 udp 2130706431 172.17.0.2 40002 typ host",
+            "a=candidate:3 1 udp 2130706431 fd00::2 40003 typ host",
+            "a=candidate:4 1 udp 1694498815 203.0.113.9 5000 typ srflx raddr 10.0.0.5 rport 40001",
+            "a=ice-ufrag:abcd",
+            "a=ice-pwd:0123456789012345678901",
+            "",
+        ]
+    )
+    announced = announce(sdp, ANNOUNCED)
+    [media] = SessionDescription.parse(announced).media
+    assert [(c.ip, c.port, c.type) for c in media.ice_candidates] == [
+        (ANNOUNCED, 40001, "host"),
+        ("fd00::2", 40003, "host"),
+        ("203.0.113.9", 5000, "srflx"),
+    ]
+    assert (media.host, media.port) == (ANNOUNCED, 40001)
+    assert announce(announced, ANNOUNCED) == announced
+
+
+def test_a_range_smaller_than_max_sessions_warns_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    """Each session takes a port of --udp-ports: with fewer ports than --max-sessions, offers get
+    503 below the limit the operator set, so the start says so."""
+    settings = Settings(transform="invert", udp_ports="40000-40002", max_sessions=4)
+    build_app(settings, EngineHost(lambda warn: build_engine(settings, warn), transform="invert", device="cpu"))
+    assert any(
+        r.levelno == logging.WARNING and "--udp-ports 40000-40002 holds only 3 sessions" in r.getMessage()
+        for r in caplog.records
+    )
