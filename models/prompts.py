@@ -1,13 +1,15 @@
-"""Prompt embeddings, cached: a prompt is encoded once when it is set, never per frame."""
+"""Prompt embeddings, cached: a prompt is encoded once when it is set, never per frame.
+
+Encoding runs in the thread that asks (the worker preparing a session's new params), outside
+any lock the stage threads take: another session's frames never wait for it.
+"""
 
 from __future__ import annotations
-
-import threading
-from collections import OrderedDict
 
 import torch
 
 from models import devices
+from models.cache import BoundedCache
 from models.loading import DiffusionModel
 
 PROMPT_CACHE_SIZE = 64  # prompts remembered; a live prompt evicted is simply encoded again
@@ -18,21 +20,10 @@ class PromptEncoder:
 
     def __init__(self, model: DiffusionModel, cache_size: int = PROMPT_CACHE_SIZE) -> None:
         self._model = model
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache: BoundedCache[str, torch.Tensor] = BoundedCache(cache_size)
 
     def __call__(self, text: str) -> torch.Tensor:
-        with self._lock:
-            embeddings = self._cache.get(text)
-            if embeddings is None:
-                embeddings = self._encode(text)
-                self._cache[text] = embeddings
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-            else:
-                self._cache.move_to_end(text)
-            return embeddings
+        return self._cache.get(text, lambda: self._encode(text))
 
     @torch.inference_mode()
     def _encode(self, text: str) -> torch.Tensor:

@@ -36,7 +36,7 @@ async def test_live_params_are_acknowledged_and_change_the_picture(start_server:
         again = await picture_after(client)
         noise = float(np.abs(first - again).mean())
 
-        reply = await client.request({"type": "params", "prompt": "a claymation portrait"})
+        reply = await client.request({"type": "params", "prompt": "a claymation portrait", "transition_ms": 0})
         assert reply["ok"] and reply["params"]["prompt"] == "a claymation portrait"
         restyled = await picture_after(client)
         assert float(np.abs(restyled - first).mean()) > max(3 * noise, 2.0)

@@ -7,8 +7,9 @@ prompt, guidance and noise) -> decode (TAESD -> RGB on the host) -> finish (Vide
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from transforms.engine import EngineSession
 from transforms.finish import FinishStage
 from transforms.frames import frame_to_rgb
 from transforms.params import StyleParams
+from transforms.transitions import LOOK, Look, next_look
 
 GroupKey = tuple[LcmSchedule, bool]
 PENDING = "stream_batch_pending"  # a session's partly denoised latents (stream batch)
@@ -80,10 +82,13 @@ class DenoiseStage(DiffusionStage):
 
     name = "denoise"
 
-    def __init__(self, stream: LcmStream, width: int, height: int, stream_batch: bool) -> None:
+    def __init__(
+        self, stream: LcmStream, width: int, height: int, stream_batch: bool, clock: Callable[[], float]
+    ) -> None:
         super().__init__(stream)
         self._size = (width, height)
         self._stream_batch = stream_batch
+        self._clock = clock
 
     def run(self, jobs: Sequence[FrameJob]) -> None:
         groups: dict[GroupKey, list[FrameJob]] = defaultdict(list)
@@ -96,8 +101,16 @@ class DenoiseStage(DiffusionStage):
             else:
                 self._denoise(group, schedule)
 
+    def _condition(self, job: FrameJob) -> FrameCondition:
+        """The session's look now, when the frame carries the params the look leads to; an
+        older frame (admitted before the change went live) keeps its own params' look."""
+        look: Look | None = job.session.carry.get(LOOK)
+        if look is not None and look.params == job.params:
+            return look.at(self._clock())
+        return condition(self.stream, job.params, *self._size)
+
     def _denoise(self, group: list[FrameJob], schedule: LcmSchedule) -> None:
-        conditions = [condition(self.stream, job.params, *self._size) for job in group]
+        conditions = [self._condition(job) for job in group]
         latents = self.stream.denoise(torch.cat([job.data for job in group]), schedule, conditions)
         for job, latent in zip(group, latents.split(1), strict=True):
             job.data = latent
@@ -105,7 +118,7 @@ class DenoiseStage(DiffusionStage):
     def _stream_step(self, group: list[FrameJob], schedule: LcmSchedule) -> None:
         """Stream batch: each session's partly denoised frames advance together with the new one.
         A session's first frame (or first after a params change) primes its pipeline."""
-        conditions = [condition(self.stream, job.params, *self._size) for job in group]
+        conditions = [self._condition(job) for job in group]
         latents = torch.cat([job.data for job in group])
         pending = []
         for job, latent, frame_condition in zip(group, latents.split(1), conditions, strict=True):
@@ -159,17 +172,26 @@ class DiffusionTransform(Transform):
     name = "diffusion"
     model_stage = DenoiseStage.name
 
-    def __init__(self, stream: LcmStream, width: int, height: int, stream_batch: bool = False) -> None:
+    def __init__(
+        self,
+        stream: LcmStream,
+        width: int,
+        height: int,
+        stream_batch: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`clock` times the transitions between looks (tests give their own)."""
         self.stream = stream
         self.device = str(stream.model.device)
         self._size = (width, height)
         self._stream_batch = stream_batch
+        self._clock = clock
 
     def stages(self) -> list[Stage]:
         return [
             PrepareStage(self.stream, *self._size),
             EncodeStage(self.stream),
-            DenoiseStage(self.stream, *self._size, stream_batch=self._stream_batch),
+            DenoiseStage(self.stream, *self._size, stream_batch=self._stream_batch, clock=self._clock),
             DecodeStage(self.stream),
             FinishStage(),
         ]
@@ -195,13 +217,16 @@ class DiffusionTransform(Transform):
 
     def prepare_params(self, session: EngineSession, params: StyleParams) -> None:
         """Encode the prompt, draw the noise and compute the schedule before the params go live,
-        so the next frame finds them ready and the stream never stalls on a prompt change."""
+        in the calling worker thread, so the stream never stalls on a prompt change; then the
+        session's look starts easing towards them."""
         device = self.stream.model.device
         devices.bind_thread(device)
         with torch.inference_mode():
             self.stream.schedule_inputs(self.stream.schedule(params.steps, params.strength))
-            condition(self.stream, params, *self._size)
+            end = condition(self.stream, params, *self._size)
+            look = next_look(session.carry.get(LOOK), params, end, self._clock())
         devices.finish_work(device)
+        session.carry[LOOK] = look
 
     def warm_up(self) -> None:
         """Two frames through every stage before any session: kernels load and the CUDA graphs

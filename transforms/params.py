@@ -45,6 +45,15 @@ class StyleParams(BaseModel):
         ),
     )
     seed: int = Field(42, ge=0, le=MAX_SEED, description="fixed noise; same seed, same look")
+    transition_ms: int = Field(
+        500,
+        ge=0,
+        le=10_000,
+        description=(
+            "how long a change of prompt, negative prompt, seed or guidance takes to ease in (0: at once); "
+            "steps and strength change the schedule at once"
+        ),
+    )
 
     def updated(self, changes: dict[str, Any]) -> StyleParams:
         """A validated copy with `changes` applied; raises pydantic.ValidationError."""

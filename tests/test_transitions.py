@@ -1,0 +1,143 @@
+"""A params change eases in over transition_ms: no jump, no grey frame; 0 still switches at once."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from models.loading import DiffusionModel, load_model
+from models.stream import LcmStream
+from tests.test_diffusion import camera_frame, session
+from transforms.base import FrameJob
+from transforms.diffusion import DiffusionTransform
+from transforms.engine import EngineSession
+from transforms.params import StyleParams
+from transforms.transitions import LOOK, Look
+
+SIZE = 64
+FRAME_S = 1 / 30  # the fake clock moves one camera frame (at 30 fps) per picture
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def model() -> DiffusionModel:
+    return load_model("tiny", "", None, "cpu", "float32")
+
+
+def picture(transform: DiffusionTransform, who: EngineSession) -> np.ndarray:
+    jobs = [FrameJob(who, 0.0, who.params, camera_frame())]
+    for stage in transform.stages():
+        stage.process(jobs)
+    return jobs[0].data.to_ndarray(format="rgb24").astype(np.float32)
+
+
+def change(transform: DiffusionTransform, who: EngineSession, params: StyleParams) -> None:
+    """As a session applies params: prepared first, then live."""
+    transform.prepare_params(who, params)
+    who.params = params
+
+
+def look_of(model: DiffusionModel, params: StyleParams) -> np.ndarray:
+    """The picture `params` give when nothing came before them."""
+    transform = DiffusionTransform(LcmStream(model), SIZE, SIZE)
+    fresh = session("fresh", params)
+    change(transform, fresh, params)
+    return picture(transform, fresh)
+
+
+Pictures = tuple[np.ndarray, np.ndarray, list[np.ndarray]]
+
+
+def transition(model: DiffusionModel, old: StyleParams, new: StyleParams) -> Pictures:
+    """(old look, new look, the pictures from the change until after the transition), a camera
+    frame every FRAME_S on a fake clock."""
+    clock = FakeClock()
+    transform = DiffusionTransform(LcmStream(model), SIZE, SIZE, clock=clock)
+    who = session("s", old)
+    change(transform, who, old)
+    before = picture(transform, who)
+    change(transform, who, new)
+    frames = []
+    while clock.now <= 100.0 + new.transition_ms / 1000 + 2 * FRAME_S:
+        frames.append(picture(transform, who))
+        clock.now += FRAME_S
+    return before, look_of(model, new), frames
+
+
+def test_a_new_prompt_eases_in_without_a_jump(model: DiffusionModel) -> None:
+    old = StyleParams(prompt="a watercolor portrait", guidance_scale=1.0)
+    new = old.updated({"prompt": "a claymation figure", "guidance_scale": 5.0, "transition_ms": 500})
+    old_look, new_look, frames = transition(model, old, new)
+    jump = float(np.abs(new_look - old_look).mean())
+    assert jump > 5, "the two looks differ"
+    assert np.abs(frames[0] - old_look).max() <= 1, "the change starts from the old look"
+    assert np.abs(frames[-1] - new_look).max() <= 1, "and ends at the new one"
+    steps = [float(np.abs(b - a).mean()) for a, b in itertools.pairwise(frames)]
+    assert max(steps) < 0.2 * jump, f"no jump: steps {steps} of {jump:.1f}"
+    assert sum(steps) < 2 * jump, "straight on, not through other looks"
+    distance = [float(np.abs(frame - new_look).mean()) for frame in frames]
+    assert all(later <= earlier + 0.02 * jump for earlier, later in itertools.pairwise(distance))
+
+
+def test_a_new_seed_eases_in(model: DiffusionModel) -> None:
+    old = StyleParams(seed=1)
+    new = old.updated({"seed": 2, "transition_ms": 1000})
+    old_look, new_look, frames = transition(model, old, new)
+    jump = float(np.abs(new_look - old_look).mean())
+    assert np.abs(frames[0] - old_look).max() <= 1 and np.abs(frames[-1] - new_look).max() <= 1
+    steps = [float(np.abs(b - a).mean()) for a, b in itertools.pairwise(frames)]
+    assert max(steps) < 0.25 * jump, f"no jump: steps {steps} of {jump:.1f}"
+
+
+def test_the_noise_keeps_its_strength_on_the_way_to_a_new_seed(model: DiffusionModel) -> None:
+    """The fixed noise moves along the great circle between the two seeds' draws. A straight
+    blend of two independent draws is weaker noise (0.71 of it half-way): a real model denoises
+    it into a flat, grey picture."""
+    clock = FakeClock()
+    transform = DiffusionTransform(LcmStream(model), SIZE, SIZE, clock=clock)
+    who = session("s", StyleParams(seed=1))
+    change(transform, who, who.params)
+    change(transform, who, who.params.updated({"seed": 2, "transition_ms": 1000}))
+    look: Look = who.carry[LOOK]
+    start, end = float(look.start.noise.std()), float(look.end.noise.std())
+    for _ in range(31):
+        progress = look.progress(clock.now)
+        ratio = float(look.at(clock.now).noise.std()) / (start + progress * (end - start))
+        assert 0.98 < ratio < 1.02, (progress, ratio)
+        clock.now += FRAME_S
+
+
+def test_transition_ms_0_switches_in_one_frame(model: DiffusionModel) -> None:
+    old = StyleParams(prompt="a watercolor portrait", seed=1)
+    new = old.updated({"prompt": "a claymation figure", "seed": 2, "transition_ms": 0})
+    transform = DiffusionTransform(LcmStream(model), SIZE, SIZE, clock=FakeClock())
+    who = session("s", old)
+    change(transform, who, old)
+    picture(transform, who)
+    change(transform, who, new)
+    assert np.abs(picture(transform, who) - look_of(model, new)).max() <= 1
+
+
+def test_a_change_during_a_transition_starts_from_where_it_was(model: DiffusionModel) -> None:
+    """A second change half-way goes on from the picture on screen, not back to the first look."""
+    first = StyleParams(prompt="a watercolor portrait", seed=1)
+    second = first.updated({"prompt": "a claymation figure", "seed": 2, "transition_ms": 400})
+    third = second.updated({"prompt": "an oil painting", "seed": 3})
+    clock = FakeClock()
+    transform = DiffusionTransform(LcmStream(model), SIZE, SIZE, clock=clock)
+    who = session("s", first)
+    change(transform, who, first)
+    change(transform, who, second)
+    clock.now += 0.2
+    half_way = picture(transform, who)
+    change(transform, who, third)
+    assert np.abs(picture(transform, who) - half_way).mean() < 0.05 * np.abs(half_way).mean()

@@ -1,0 +1,44 @@
+"""A session's look over time: a params change eases in over `transition_ms` instead of jumping.
+
+The look leads from what the session showed when the change came (the middle of an earlier
+transition, if one was under way) to the new params' conditioning, along a smoothstep curve
+(no sudden start or stop). The schedule (steps, strength) and the switch between one and two
+UNet passes (classic guidance on or off) cannot be half there: they change at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.blending import blend
+from models.stream import FrameCondition
+from transforms.params import StyleParams
+
+LOOK = "look"  # the session's Look, in EngineSession.carry
+
+
+@dataclass(frozen=True)
+class Look:
+    params: StyleParams  # the params the look leads to
+    start: FrameCondition
+    end: FrameCondition
+    started_at: float  # seconds, on the transform's clock
+    duration_s: float
+
+    def progress(self, now: float) -> float:
+        """0 at the start, 1 when done, eased (smoothstep) in between."""
+        if self.duration_s <= 0.0:
+            return 1.0
+        linear = min(max((now - self.started_at) / self.duration_s, 0.0), 1.0)
+        return linear * linear * (3.0 - 2.0 * linear)
+
+    def at(self, now: float) -> FrameCondition:
+        return blend(self.start, self.end, self.progress(now))
+
+
+def next_look(current: Look | None, params: StyleParams, end: FrameCondition, now: float) -> Look:
+    """The look that eases from what `current` shows at `now` to `end` over params.transition_ms."""
+    start = current.at(now) if current is not None else end
+    if start.classic != end.classic or start.noise.shape != end.noise.shape:
+        start = end
+    return Look(params, start, end, now, params.transition_ms / 1000.0)
