@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from settings import Settings
 from signaling.metrics import metrics_registry, render
-from signaling.ports import PortRangeExhausted
+from signaling.ports import PortRangeError
 from signaling.protocol import describe_validation
 from signaling.registry import CapacityError, NotReadyError, SessionRegistry
 from signaling.session import OfferError
@@ -69,7 +69,7 @@ class Routes:
             return error_response(400, str(exc))
         except (CapacityError, NotReadyError) as exc:
             return error_response(503, str(exc))
-        except PortRangeExhausted as exc:
+        except PortRangeError as exc:
             logger.warning("offer refused: %s", exc)
             return error_response(503, str(exc))
         return web.json_response({"sdp": answer_sdp, "type": "answer", "session": session.id})

@@ -53,18 +53,19 @@ logger = logging.getLogger(__name__)
 DatagramEndpoint = tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]
 
 
-class PortRangeExhausted(RuntimeError):
-    """Every port of --udp-ports is taken: no new session fits (HTTP 503).
+class PortRangeError(RuntimeError):
+    """The session cannot be reached through --udp-ports (HTTP 503).
 
     Not an OSError on purpose: aioice logs an OSError from a bind and skips that address,
     which would answer the offer with no candidate and leave the browser waiting."""
 
 
-class PortRangeBypassed(PortRangeExhausted):
-    """A host candidate of a session was bound outside --udp-ports (HTTP 503).
+class PortRangeExhausted(PortRangeError):
+    """Every port of --udp-ports is taken: no new session fits."""
 
-    A subclass so that the server refuses it like a full range: either way this session
-    cannot be reached through the published ports."""
+
+class PortRangeBypassed(PortRangeError):
+    """A host candidate of a session was bound outside --udp-ports (a bug: aioice changed)."""
 
 
 class PortRange:

@@ -61,7 +61,7 @@ class SessionRegistry:
         """A new session answering `sdp`; returns it and the answer SDP.
 
         Raises CapacityError, NotReadyError, signaling.session.OfferError or
-        signaling.ports.PortRangeExhausted.
+        signaling.ports.PortRangeError.
         """
         if self._host.engine is None:
             reason = self._host.error or "the transform is still loading; try again shortly"

@@ -88,8 +88,8 @@ class Session:
     async def answer(self, sdp: str) -> RTCSessionDescription:
         """Answer the browser's offer; the answer sends the stylized track back on the
         transceiver that brings the camera. Raises OfferError for an unusable offer, and
-        signaling.ports.PortRangeExhausted when no UDP port is left for it (or its subclass
-        PortRangeBypassed when a socket was bound outside the range)."""
+        signaling.ports.PortRangeError when no UDP port is left for it, or a socket was bound
+        outside the range."""
         if not sdp.startswith("v=0"):
             raise OfferError("invalid SDP offer: it must start with 'v=0'")
         try:
