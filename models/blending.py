@@ -20,7 +20,7 @@ def blend(start: FrameCondition, end: FrameCondition, progress: float) -> FrameC
     guidance or both not (a second UNet pass cannot be half there)."""
     if progress <= 0.0:
         return start
-    if progress >= 1.0:
+    if progress >= 1.0 or start is end:
         return end
     if start.classic != end.classic:
         raise ValueError("a blend is between two classic-guidance conditions or two without")

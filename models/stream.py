@@ -13,6 +13,7 @@ coefficients, noise, guidance embeddings) is computed once and cached.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,7 @@ from models.cache import BoundedCache
 from models.graphs import GraphCache
 from models.lcm import LcmSchedule, draw_noise, guidance_embedding, lcm_schedule
 from models.loading import DiffusionModel
-from models.prompts import PromptEncoder
+from models.prompts import PromptEncoder, WeightedPrompts
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ class FrameCondition:
     @property
     def classic(self) -> bool:
         return self.negative is not None
+
+    @property
+    def tokens(self) -> int:
+        """Text states' length: 77 per chunk of the longer of the prompt and the negative."""
+        return max(self.prompt.shape[1], 0 if self.negative is None else self.negative.shape[1])
 
 
 class LcmStream:
@@ -108,12 +114,29 @@ class LcmStream:
         return self._guidance.get(guidance_scale, make)
 
     def condition(
-        self, prompt: str, negative_prompt: str, guidance_scale: float, seed: int, height: int, width: int
+        self,
+        prompt: str | WeightedPrompts,
+        negative_prompt: str,
+        guidance_scale: float,
+        seed: int,
+        height: int,
+        width: int,
     ) -> FrameCondition:
+        """A frame's conditioning: `prompt` is one prompt or weighted prompts to blend."""
+        states = self.prompts(prompt) if isinstance(prompt, str) else self.prompts.blend(prompt)
         negative = self.prompts(negative_prompt) if self.classic_guidance(guidance_scale) else None
-        return FrameCondition(
-            self.prompts(prompt), negative, self.guidance(guidance_scale), self.noise(seed, height, width)
-        )
+        condition = FrameCondition(states, negative, self.guidance(guidance_scale), self.noise(seed, height, width))
+        return self.lengthen(condition, condition.tokens)
+
+    def lengthen(self, condition: FrameCondition, tokens: int) -> FrameCondition:
+        """`condition` with its text states (and negatives) padded to `tokens` (compel's way:
+        chunks of the empty prompt): a prompt and its negative, or two looks blended, must be
+        of one length. Padding changes the picture a little: frames are never padded to batch."""
+        negative = condition.negative
+        if condition.prompt.shape[1] == tokens and (negative is None or negative.shape[1] == tokens):
+            return condition
+        negative = None if negative is None else self.prompts.pad(negative, tokens)
+        return dataclasses.replace(condition, prompt=self.prompts.pad(condition.prompt, tokens), negative=negative)
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         factor = self.model.latent_downscale
@@ -136,7 +159,7 @@ class LcmStream:
         """Run the whole schedule on a batch (all with classic guidance, or none)."""
         batch = Conditioning.of(conditions)
         count = len(schedule.steps)
-        key = ("denoise", tuple(latents.shape), count, batch.classic)
+        key = ("denoise", tuple(latents.shape), count, batch.classic, batch.tokens)
         run = partial(self._run_schedule, count, batch.classic)
         return self.graphs["denoise"].run(key, run, latents, *self.schedule_inputs(schedule), *batch.tensors())
 
@@ -153,7 +176,7 @@ class LcmStream:
         comes out n-1 calls later. Returns (finished latents, new pending)."""
         count = len(schedule.steps)
         batch = Conditioning.of(conditions, repeat=count)
-        key = ("stream", tuple(latents.shape), count, batch.classic)
+        key = ("stream", tuple(latents.shape), count, batch.classic, batch.tokens)
         run = partial(self._run_stream_step, count, batch.classic)
         both = self.graphs["denoise"].run(
             key, run, latents, pending, *self.schedule_inputs(schedule), *batch.tensors()
@@ -294,12 +317,18 @@ class Conditioning:
     guidance: torch.Tensor | None
     classic: bool
 
+    @property
+    def tokens(self) -> int:
+        return int(self.text.shape[1])
+
     @classmethod
     def of(cls, conditions: Sequence[FrameCondition], repeat: int = 1) -> Conditioning:
         """`repeat` > 1 gives each frame's text and guidance to that many consecutive samples."""
         classic = conditions[0].classic
         if any(condition.classic != classic for condition in conditions):
             raise ValueError("a batch is all classic guidance or none of it")
+        if len({condition.tokens for condition in conditions}) > 1:
+            raise ValueError("a batch's text states are of one length (padding changes cross-attention)")
         cached = [c.prompt for c in conditions] + [c.noise for c in conditions]
         text = torch.cat([condition.prompt for condition in conditions])
         if classic:

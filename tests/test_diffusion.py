@@ -169,9 +169,9 @@ def test_a_sessions_frames_take_separate_stream_batch_calls() -> None:
     """Regression: two frames of one session in one stream-batch call both advanced from the same
     carried latents; they now go in rounds, in order, one frame per session per call."""
     a, b = session("a", StyleParams()), session("b", StyleParams())
-    jobs = [FrameJob(s, float(t), s.params, None) for t, s in enumerate([a, a, b, a])]
+    jobs = [(FrameJob(s, float(t), s.params, None), None) for t, s in enumerate([a, a, b, a])]
     rounds = one_frame_per_session(jobs)
-    assert [[job.received_at for job in round_] for round_ in rounds] == [[0.0, 2.0], [1.0], [3.0]]
+    assert [[job.received_at for job, _ in round_] for round_ in rounds] == [[0.0, 2.0], [1.0], [3.0]]
 
 
 def stage_thread_count() -> int:

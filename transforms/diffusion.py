@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ from transforms.frames import frame_to_rgb
 from transforms.params import StyleParams
 from transforms.transitions import LOOK, Look, next_look
 
-GroupKey = tuple[LcmSchedule, bool]
+GroupKey = tuple[LcmSchedule, bool, int]
+With = TypeVar("With")
 PENDING = "stream_batch_pending"  # a session's partly denoised latents (stream batch)
 
 
@@ -91,10 +93,11 @@ class DenoiseStage(DiffusionStage):
         self._clock = clock
 
     def run(self, jobs: Sequence[FrameJob]) -> None:
-        groups: dict[GroupKey, list[FrameJob]] = defaultdict(list)
+        groups: dict[GroupKey, list[tuple[FrameJob, FrameCondition]]] = defaultdict(list)
         for job in jobs:
-            groups[self._group_key(job.params)].append(job)
-        for (schedule, _), group in groups.items():
+            frame_condition = self._condition(job)
+            groups[self._group_key(job, frame_condition)].append((job, frame_condition))
+        for (schedule, _, _), group in groups.items():
             if self._stream_batch and len(schedule.steps) > 1:
                 for round_ in one_frame_per_session(group):
                     self._stream_step(round_, schedule)
@@ -109,33 +112,34 @@ class DenoiseStage(DiffusionStage):
             return look.at(self._clock())
         return condition(self.stream, job.params, *self._size)
 
-    def _denoise(self, group: list[FrameJob], schedule: LcmSchedule) -> None:
-        conditions = [self._condition(job) for job in group]
-        latents = self.stream.denoise(torch.cat([job.data for job in group]), schedule, conditions)
-        for job, latent in zip(group, latents.split(1), strict=True):
+    def _denoise(self, group: list[tuple[FrameJob, FrameCondition]], schedule: LcmSchedule) -> None:
+        jobs, conditions = zip(*group, strict=True)
+        latents = self.stream.denoise(torch.cat([job.data for job in jobs]), schedule, conditions)
+        for job, latent in zip(jobs, latents.split(1), strict=True):
             job.data = latent
 
-    def _stream_step(self, group: list[FrameJob], schedule: LcmSchedule) -> None:
+    def _stream_step(self, group: list[tuple[FrameJob, FrameCondition]], schedule: LcmSchedule) -> None:
         """Stream batch: each session's partly denoised frames advance together with the new one.
         A session's first frame (or first after a params change) primes its pipeline."""
-        conditions = [self._condition(job) for job in group]
-        latents = torch.cat([job.data for job in group])
+        jobs, conditions = zip(*group, strict=True)
+        latents = torch.cat([job.data for job in jobs])
         pending = []
-        for job, latent, frame_condition in zip(group, latents.split(1), conditions, strict=True):
+        for job, latent, frame_condition in zip(jobs, latents.split(1), conditions, strict=True):
             carried = job.session.carry.get(PENDING)
             if carried is None or carried[0] != job.params:
                 carried = (job.params, self.stream.stream_prime(latent, schedule, [frame_condition]))
             pending.append(carried[1])
         finished, advanced = self.stream.stream_denoise(latents, torch.cat(pending), schedule, conditions)
-        for job, latent, carried_on in zip(group, finished.split(1), advanced.split(1), strict=True):
+        for job, latent, carried_on in zip(jobs, finished.split(1), advanced.split(1), strict=True):
             job.data = latent
             job.session.carry[PENDING] = (job.params, carried_on)
 
-    def _group_key(self, params: StyleParams) -> GroupKey:
+    def _group_key(self, job: FrameJob, condition: FrameCondition) -> GroupKey:
         """Equal schedules (strengths that round to the same steps) share UNet calls; classic
-        guidance's two passes cannot share a call with one pass."""
-        schedule = self.stream.schedule(params.steps, params.strength)
-        return schedule, self.stream.classic_guidance(params.guidance_scale)
+        guidance's two passes cannot share a call with one pass, nor text states of different
+        lengths (padding would change the shorter one's cross-attention)."""
+        schedule = self.stream.schedule(job.params.steps, job.params.strength)
+        return schedule, condition.classic, condition.tokens
 
 
 class DecodeStage(DiffusionStage):
@@ -149,23 +153,24 @@ class DecodeStage(DiffusionStage):
             job.data = picture
 
 
-def one_frame_per_session(jobs: list[FrameJob]) -> list[list[FrameJob]]:
-    """Rounds in which each session has at most one frame, in order: a session's frames in one
-    stream-batch call would all advance from the same carried latents."""
-    rounds: list[list[FrameJob]] = []
+def one_frame_per_session(group: list[tuple[FrameJob, With]]) -> list[list[tuple[FrameJob, With]]]:
+    """Rounds in which each session has at most one frame (with what goes with it), in order: a
+    session's frames in one stream-batch call would all advance from the same carried latents."""
+    rounds: list[list[tuple[FrameJob, With]]] = []
     seen: dict[str, int] = {}
-    for job in jobs:
+    for job, extra in group:
         index = seen.get(job.session.id, -1) + 1
         seen[job.session.id] = index
         if index == len(rounds):
             rounds.append([])
-        rounds[index].append(job)
+        rounds[index].append((job, extra))
     return rounds
 
 
 def condition(stream: LcmStream, params: StyleParams, width: int, height: int) -> FrameCondition:
     """A frame's conditioning; every part comes from the stream's caches once prepared."""
-    return stream.condition(params.prompt, params.negative_prompt, params.guidance_scale, params.seed, height, width)
+    prompts = [(params.prompt, params.prompt_weight), *((extra.text, extra.weight) for extra in params.prompts)]
+    return stream.condition(prompts, params.negative_prompt, params.guidance_scale, params.seed, height, width)
 
 
 class DiffusionTransform(Transform):
@@ -224,7 +229,7 @@ class DiffusionTransform(Transform):
         with torch.inference_mode():
             self.stream.schedule_inputs(self.stream.schedule(params.steps, params.strength))
             end = condition(self.stream, params, *self._size)
-            look = next_look(session.carry.get(LOOK), params, end, self._clock())
+            look = next_look(session.carry.get(LOOK), params, end, self._clock(), self.stream.lengthen)
         devices.finish_work(device)
         session.carry[LOOK] = look
 

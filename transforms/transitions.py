@@ -8,6 +8,7 @@ UNet passes (classic guidance on or off) cannot be half there: they change at on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from models.blending import blend
@@ -15,6 +16,8 @@ from models.stream import FrameCondition
 from transforms.params import StyleParams
 
 LOOK = "look"  # the session's Look, in EngineSession.carry
+
+Lengthen = Callable[[FrameCondition, int], FrameCondition]  # pads text states to a length (LcmStream.lengthen)
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Look:
     end: FrameCondition
     started_at: float  # seconds, on the transform's clock
     duration_s: float
+    lengthen: Lengthen
 
     def progress(self, now: float) -> float:
         """0 at the start, 1 when done, eased (smoothstep) in between."""
@@ -33,12 +37,20 @@ class Look:
         return linear * linear * (3.0 - 2.0 * linear)
 
     def at(self, now: float) -> FrameCondition:
-        return blend(self.start, self.end, self.progress(now))
+        """The condition at `now`: the start, the end, or a blend of the two (prompts of
+        different lengths are padded to the longer for it)."""
+        progress = self.progress(now)
+        if progress >= 1.0:
+            return self.end
+        tokens = max(self.start.tokens, self.end.tokens)
+        return blend(self.lengthen(self.start, tokens), self.lengthen(self.end, tokens), progress)
 
 
-def next_look(current: Look | None, params: StyleParams, end: FrameCondition, now: float) -> Look:
+def next_look(
+    current: Look | None, params: StyleParams, end: FrameCondition, now: float, lengthen: Lengthen
+) -> Look:
     """The look that eases from what `current` shows at `now` to `end` over params.transition_ms."""
     start = current.at(now) if current is not None else end
     if start.classic != end.classic or start.noise.shape != end.noise.shape:
         start = end
-    return Look(params, start, end, now, params.transition_ms / 1000.0)
+    return Look(params, start, end, now, params.transition_ms / 1000.0, lengthen)
