@@ -163,3 +163,37 @@ async def test_a_full_size_model_on_a_cpu_is_called_slow_on_the_page(
     text = await advice.text_content() or ""
     assert "seconds per frame" in text and "--transform cartoon" in text and "GPU" in text
     await page.screenshot(path=ARTIFACTS / "studio-slow-cpu.png")
+
+
+async def test_the_blend_and_transition_controls_are_applied_and_the_video_fits_720p(
+    browser: Browser, spawn_server: Spawn
+) -> None:
+    """A second prompt mixed in and a transition time reach the server as the live parameters
+    prompt_weight, prompts and transition_ms; at 1280x720 the whole stylized video is visible."""
+    url = await spawn_server("--transform", "invert", "--width", "640", "--height", "480")
+    for width, height in ((1280, 720), (1366, 768)):
+        page = await browser.new_page(viewport={"width": width, "height": height})
+        await page.goto(url)
+        await page.wait_for_selector("#param-strength")
+        await page.get_by_role("button", name="Start").click()
+        await wait_live_and_playing(page)
+        box = await page.locator("#remote").bounding_box()
+        assert box is not None and box["height"] > 0.5 * height
+        assert box["y"] >= 0 and box["y"] + box["height"] <= height, (width, height, box)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width, (width, height, box)
+        await page.screenshot(path=ARTIFACTS / f"studio-{width}x{height}.png")
+        if width == 1280:
+            await page.get_by_label("Second prompt").fill("claymation character, plasticine")
+            await page.get_by_label("Second prompt").press("Enter")
+            await page.get_by_label("Mix").fill("0.3")
+            await wait_applied(page, "mix")
+            await wait_applied(page, "second_prompt")
+            await page.get_by_label("Transition (ms)").fill("1200")
+            await wait_applied(page, "transition_ms")
+            params = await server_params(url)
+            assert params["prompts"] == [{"text": "claymation character, plasticine", "weight": 0.3}]
+            assert params["prompt_weight"] == 0.7 and params["transition_ms"] == 1200
+            await page.get_by_label("Preset").select_option("Watercolor meets clay")
+            await wait_applied(page, "mix")
+            assert (await server_params(url))["prompts"][0]["weight"] == 0.4
+        await page.close()

@@ -266,7 +266,9 @@ async function init() {
   for (const preset of PRESETS) $("preset").append(new Option(preset.name, preset.name));
   $("preset").addEventListener("change", (event) => {
     const preset = PRESETS.find((p) => p.name === event.target.value);
-    if (preset && controls) controls.set({ prompt: preset.prompt, strength: preset.strength });
+    if (!preset || !controls) return;
+    const { name, ...look } = preset;
+    controls.set(look);
   });
   $("style").addEventListener("submit", (event) => event.preventDefault());
   setInterval(tick, 1000);
