@@ -43,11 +43,12 @@ INDEX_BITS = 13
 INDEX_MODULUS = 1 << INDEX_BITS  # 8192 frames: 4.5 minutes at 30 fps
 MIN_REFERENCE_CONTRAST = 60  # below it the output does not carry the code
 CLOCK_RATE = 90_000
-# "switch" scene: grey levels of brightness change per frame, within +-DRIFT_LEVELS. Well over
-# the server's similarity threshold (1.0) after VP8: with 3 levels a frame in 16 came out of
-# the codec unchanged (and was skipped), with 5 and a period of 24 frames none did.
-DRIFT_STEP = 5
-DRIFT_LEVELS = 30
+# "switch" scene: grey levels of brightness change per frame, within +-DRIFT_LEVELS. Over the
+# server's similarity threshold (5 levels in the block that changed most, transforms/similarity.py)
+# after VP8: with 5 levels 6% of the frames came out of the codec under it (and were skipped;
+# tiny model, 64 px, 2026-11-29), with 8 and a period of 16 frames none were.
+DRIFT_STEP = 8
+DRIFT_LEVELS = 32
 CONFIRM_FRAMES = 2  # a switch counts as seen when this many frames after the first agree
 
 
@@ -323,7 +324,8 @@ class StreamClient:
         await asyncio.wait_for(self._opened.wait(), timeout_s)
 
     async def request(self, message: dict[str, Any] | str, timeout_s: float = 10.0) -> dict[str, Any]:
-        """Send a message (a dict as JSON, a str as it is) and wait for its reply."""
+        """Send a message (a dict as JSON, a str as it is) and wait for its reply (replies come
+        in order: one that comes after its request timed out is dropped)."""
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies.append(reply)
         self.control.send(message if isinstance(message, str) else json.dumps(message))
@@ -352,7 +354,9 @@ class StreamClient:
         elif data.get("type") == "error" and data.get("request") == "frame":
             self.frame_errors.append(data)
         elif self._replies:
-            self._replies.popleft().set_result(data)
+            reply = self._replies.popleft()
+            if not reply.done():  # done: its request timed out, and this is its late reply
+                reply.set_result(data)
         else:
             logger.warning("unexpected control message %s", data)
 

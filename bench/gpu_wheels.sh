@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Python wheels the GPU machine (device kind nvidia-h200) lacks for the server and
-# bench/gpu_check.py, downloaded into .whl/ (ignored through .git/info/exclude) for the device
-# tool to carry: run(carry=[".whl"], command="<bench/gpu_check.py's DEVICE_COMMAND>").
+# bench/gpu_check.py, downloaded into .whl/ (ignored through the git dir's info/exclude, also
+# from a worktree) for the device tool to carry: run(carry=[".whl"], timeout_s=420,
+# command="<bench/gpu_check.py's DEVICE_COMMAND>").
 #
 # That machine runs Python 3.12 on x86-64 (manylinux), reaches no network, and already holds
 # aiohttp, numpy, opencv-python-headless, pillow, prometheus-client, safetensors,
@@ -21,8 +22,9 @@ WHEELS=(
     # WebRTC: aiortc and its needs
     aiortc==1.16.0 aioice==0.13.0 av==18.1.0 pylibsrtp==1.0.0 pyee==13.0.1 google-crc32c==1.9.0
     ifaddr==0.2.0 dnspython==2.9.2 pyopenssl==26.4.0 cryptography==50.0.2 cffi==2.1.1 pycparser==3.12
-    # the model: diffusers and its needs
-    diffusers==0.42.1 importlib-metadata==10.2.0 lazy-importer==0.1.0
+    # the model: diffusers and its needs; compel (prompt weighting, models/prompts.py: needs
+    # diffusers, pyparsing, torch and transformers, the last three on the machine)
+    diffusers==0.42.1 importlib-metadata==10.2.0 lazy-importer==0.1.0 compel==2.5.1
     # settings and the protocol: pydantic, pydantic-settings and their needs
     pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 annotated-types==0.8.0
     typing-inspection==0.4.5 typing-extensions==4.16.0 python-dotenv==1.2.4
@@ -31,8 +33,10 @@ PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_26_x86_64 man
     manylinux2014_x86_64 manylinux1_x86_64)
 KINDS=/work/.library/device/KINDS.md
 
-touch .git/info/exclude
-grep -qxF '/.whl/' .git/info/exclude || echo '/.whl/' >>.git/info/exclude
+EXCLUDE=$(git rev-parse --git-path info/exclude) # .git/info/exclude, also from a worktree
+mkdir -p "$(dirname "$EXCLUDE")"
+touch "$EXCLUDE"
+grep -qxF '/.whl/' "$EXCLUDE" || echo '/.whl/' >>"$EXCLUDE"
 rm -rf .whl
 mkdir .whl
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
