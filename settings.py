@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     max_skips: int = Field(10, ge=0, le=300, description="at most this many repeated outputs in a row")
     width: int = Field(512, ge=64, le=2048, multiple_of=8, description="processing width (px)")
     height: int = Field(512, ge=64, le=2048, multiple_of=8, description="processing height (px)")
+    aspect: Literal["camera", "fixed"] = Field(
+        "camera",
+        description="camera: each camera's aspect (4:3, 16:9) at about width x height pixels (576x432 or "
+        "672x384 for 512x512); fixed: exactly width x height, the camera centre-cropped to it",
+    )
     delay_ms: float = Field(0.0, ge=0, le=10_000, description="extra processing time per batch, to model a slow GPU")
     max_batch: int = Field(8, ge=1, le=64, description="most frames (from different sessions) one stage call takes")
     frame_timeout_s: float = Field(10.0, gt=0, description="a session with no camera frame for this long is closed")

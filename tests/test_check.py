@@ -34,7 +34,7 @@ def test_check_runs_frames_through_the_model_and_reports_figures() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     report = result.stdout
     assert report.startswith("stylecam check: ok")
-    for line in ("transform    diffusion", "device       cpu", "model        tiny", "size         64x64"):
+    for line in ("transform    diffusion", "device       cpu", "model        tiny", "about 64x64 pixels"):
         assert line in report
     frames = next(line for line in report.splitlines() if line.strip().startswith("frames"))
     assert " 30 in " in frames and "fps" in frames

@@ -23,7 +23,9 @@ SLOW_ON_CPU = (
 
 def _filter_factory(name: str) -> Callable[[Settings, Warn], Transform]:
     def build(settings: Settings, warn: Warn) -> Transform:
-        return FilterTransform(name, FILTERS[name], settings.width, settings.height)
+        return FilterTransform(
+            name, FILTERS[name], settings.width, settings.height, keep_aspect=settings.aspect == "camera"
+        )
 
     return build
 
@@ -57,7 +59,13 @@ def build_diffusion(settings: Settings, warn: Warn) -> Transform:
     except ModelLoadError as exc:
         raise TransformLoadError(str(exc)) from exc
     stream = LcmStream(model, cuda_graphs=settings.cuda_graphs)
-    transform = DiffusionTransform(stream, settings.width, settings.height, stream_batch=settings.stream_batch)
+    transform = DiffusionTransform(
+        stream,
+        settings.width,
+        settings.height,
+        stream_batch=settings.stream_batch,
+        keep_aspect=settings.aspect == "camera",
+    )
     if model.device.type == "cpu":
         share_cpu_threads(len(transform.stages()), settings.cpu_threads)
     logger.info("warming up the model")

@@ -22,13 +22,15 @@ from models.stream import FrameCondition, LcmStream
 from transforms.base import FrameJob, Stage, Transform
 from transforms.engine import EngineSession
 from transforms.finish import FinishStage
-from transforms.frames import frame_to_rgb
+from transforms.frames import PictureSize, frame_to_rgb
 from transforms.params import StyleParams
 from transforms.transitions import LOOK, Look, next_look
 
-GroupKey = tuple[LcmSchedule, bool, int]
+GroupKey = tuple[LcmSchedule, bool, int, tuple[int, ...]]
 With = TypeVar("With")
 PENDING = "stream_batch_pending"  # a session's partly denoised latents (stream batch)
+SIZE = "picture_size"  # (width, height) a session's camera pictures are processed at
+USUAL_CAMERA = (640, 480)  # what a session's size is taken to be before its first frame
 
 
 class DiffusionStage(Stage):
@@ -58,25 +60,33 @@ class DiffusionStage(Stage):
 
 
 class PrepareStage(DiffusionStage):
+    """Camera frames -> pixels on the device, each at its camera's processing size; the size is
+    remembered per session (SIZE) for the params it prepares next."""
+
     name = "prepare"
 
-    def __init__(self, stream: LcmStream, width: int, height: int) -> None:
+    def __init__(self, stream: LcmStream, size: PictureSize) -> None:
         super().__init__(stream)
-        self._size = (width, height)
+        self._size = size
 
     def run(self, jobs: Sequence[FrameJob]) -> None:
-        pixels = np.stack([frame_to_rgb(job.data, *self._size) for job in jobs])
-        for job, tensor in zip(jobs, self.stream.to_input(pixels).split(1), strict=True):
-            job.data = tensor
+        for job in jobs:
+            job.data = frame_to_rgb(job.data, self._size)
+            job.session.carry[SIZE] = (job.data.shape[1], job.data.shape[0])
+        for group in by_shape(jobs):
+            pixels = self.stream.to_input(np.stack([job.data for job in group]))
+            for job, tensor in zip(group, pixels.split(1), strict=True):
+                job.data = tensor
 
 
 class EncodeStage(DiffusionStage):
     name = "encode"
 
     def run(self, jobs: Sequence[FrameJob]) -> None:
-        latents = self.stream.encode(torch.cat([job.data for job in jobs]))
-        for job, latent in zip(jobs, latents.split(1), strict=True):
-            job.data = latent
+        for group in by_shape(jobs):
+            latents = self.stream.encode(torch.cat([job.data for job in group]))
+            for job, latent in zip(group, latents.split(1), strict=True):
+                job.data = latent
 
 
 class DenoiseStage(DiffusionStage):
@@ -84,11 +94,8 @@ class DenoiseStage(DiffusionStage):
 
     name = "denoise"
 
-    def __init__(
-        self, stream: LcmStream, width: int, height: int, stream_batch: bool, clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, stream: LcmStream, stream_batch: bool, clock: Callable[[], float]) -> None:
         super().__init__(stream)
-        self._size = (width, height)
         self._stream_batch = stream_batch
         self._clock = clock
 
@@ -97,7 +104,7 @@ class DenoiseStage(DiffusionStage):
         for job in jobs:
             frame_condition = self._condition(job)
             groups[self._group_key(job, frame_condition)].append((job, frame_condition))
-        for (schedule, _, _), group in groups.items():
+        for (schedule, *_), group in groups.items():
             if self._stream_batch and len(schedule.steps) > 1:
                 for round_ in one_frame_per_session(group):
                     self._stream_step(round_, schedule)
@@ -105,12 +112,15 @@ class DenoiseStage(DiffusionStage):
                 self._denoise(group, schedule)
 
     def _condition(self, job: FrameJob) -> FrameCondition:
-        """The session's look now, when the frame carries the params the look leads to; an
-        older frame (admitted before the change went live) keeps its own params' look."""
+        """The session's look now, when the frame carries the params the look leads to and is of
+        its size; an older frame (admitted before the change went live), or one of another size
+        (a new camera), gets its own params' look."""
         look: Look | None = job.session.carry.get(LOOK)
-        if look is not None and look.params == job.params:
+        latent_size = tuple(job.data.shape[-2:])
+        if look is not None and look.params == job.params and tuple(look.end.noise.shape[-2:]) == latent_size:
             return look.at(self._clock())
-        return condition(self.stream, job.params, *self._size)
+        factor = self.stream.model.latent_downscale
+        return condition(self.stream, job.params, latent_size[1] * factor, latent_size[0] * factor)
 
     def _denoise(self, group: list[tuple[FrameJob, FrameCondition]], schedule: LcmSchedule) -> None:
         jobs, conditions = zip(*group, strict=True)
@@ -137,9 +147,10 @@ class DenoiseStage(DiffusionStage):
     def _group_key(self, job: FrameJob, condition: FrameCondition) -> GroupKey:
         """Equal schedules (strengths that round to the same steps) share UNet calls; classic
         guidance's two passes cannot share a call with one pass, nor text states of different
-        lengths (padding would change the shorter one's cross-attention)."""
+        lengths (padding would change the shorter one's cross-attention), nor pictures of
+        different sizes."""
         schedule = self.stream.schedule(job.params.steps, job.params.strength)
-        return schedule, condition.classic, condition.tokens
+        return schedule, condition.classic, condition.tokens, tuple(job.data.shape)
 
 
 class DecodeStage(DiffusionStage):
@@ -148,9 +159,18 @@ class DecodeStage(DiffusionStage):
     name = "decode"
 
     def run(self, jobs: Sequence[FrameJob]) -> None:
-        pictures = self.stream.to_uint8(self.stream.decode(torch.cat([job.data for job in jobs])))
-        for job, picture in zip(jobs, pictures, strict=True):
-            job.data = picture
+        for group in by_shape(jobs):
+            pictures = self.stream.to_uint8(self.stream.decode(torch.cat([job.data for job in group])))
+            for job, picture in zip(group, pictures, strict=True):
+                job.data = picture
+
+
+def by_shape(jobs: Sequence[FrameJob]) -> list[list[FrameJob]]:
+    """The jobs in groups of one data shape (sessions' cameras differ in aspect), in order."""
+    groups: dict[tuple[int, ...], list[FrameJob]] = defaultdict(list)
+    for job in jobs:
+        groups[tuple(job.data.shape)].append(job)
+    return list(groups.values())
 
 
 def one_frame_per_session(group: list[tuple[FrameJob, With]]) -> list[list[tuple[FrameJob, With]]]:
@@ -184,19 +204,21 @@ class DiffusionTransform(Transform):
         height: int,
         stream_batch: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        keep_aspect: bool = False,
     ) -> None:
-        """`clock` times the transitions between looks (tests give their own)."""
+        """`keep_aspect`: each camera's aspect at about width x height pixels (PictureSize);
+        `clock` times the transitions between looks (tests give their own)."""
         self.stream = stream
         self.device = str(stream.model.device)
-        self._size = (width, height)
+        self._size = PictureSize(width, height, keep_aspect)
         self._stream_batch = stream_batch
         self._clock = clock
 
     def stages(self) -> list[Stage]:
         return [
-            PrepareStage(self.stream, *self._size),
+            PrepareStage(self.stream, self._size),
             EncodeStage(self.stream),
-            DenoiseStage(self.stream, *self._size, stream_batch=self._stream_batch, clock=self._clock),
+            DenoiseStage(self.stream, stream_batch=self._stream_batch, clock=self._clock),
             DecodeStage(self.stream),
             FinishStage(),
         ]
@@ -215,7 +237,7 @@ class DiffusionTransform(Transform):
             "device": device,
             "model": model.name,
             "precision": str(model.dtype).removeprefix("torch."),
-            "size": "{}x{}".format(*self._size),
+            "size": self._size.describe(),
             "cuda graphs": graphs,
             "stream batch": "on" if self._stream_batch else "off",
         }
@@ -228,21 +250,23 @@ class DiffusionTransform(Transform):
         devices.bind_thread(device)
         with torch.inference_mode():
             self.stream.schedule_inputs(self.stream.schedule(params.steps, params.strength))
-            end = condition(self.stream, params, *self._size)
+            width, height = session.carry.get(SIZE) or self._size.for_camera(*USUAL_CAMERA)
+            end = condition(self.stream, params, width, height)
             look = next_look(session.carry.get(LOOK), params, end, self._clock(), self.stream.lengthen)
         devices.finish_work(device)
         session.carry[LOOK] = look
 
     def warm_up(self) -> None:
-        """Two frames through every stage before any session: kernels load and the CUDA graphs
-        for one session with the default params are captured while nothing else runs."""
+        """Two frames of the usual camera through every stage before any session: kernels load
+        and the CUDA graphs for one session with the default params are captured while nothing
+        else runs (a key captures on its second call)."""
         params = StyleParams()
         session = EngineSession("warm-up", params, on_result=lambda job: None, on_error=lambda message: None)
         self.prepare_params(session, params)
-        width, height = self._size
+        width, height = USUAL_CAMERA
         gray = VideoFrame.from_ndarray(np.full((height, width, 3), 128, np.uint8), format="rgb24")
         stages = self.stages()
-        for _ in range(2):  # the second is a stream batch's steady state
+        for _ in range(2):
             jobs = [FrameJob(session, 0.0, params, gray)]
             for stage in stages:
                 stage.process(jobs)

@@ -13,7 +13,7 @@ import numpy as np
 
 from transforms.base import FrameJob, Stage, Transform
 from transforms.finish import FinishStage
-from transforms.frames import frame_to_rgb
+from transforms.frames import PictureSize, frame_to_rgb
 
 ImageFilter = Callable[[np.ndarray], np.ndarray]
 
@@ -51,12 +51,12 @@ class PrepareStage(Stage):
 
     name = "prepare"
 
-    def __init__(self, width: int, height: int) -> None:
-        self._size = (width, height)
+    def __init__(self, size: PictureSize) -> None:
+        self._size = size
 
     def process(self, jobs: Sequence[FrameJob]) -> None:
         for job in jobs:
-            job.data = frame_to_rgb(job.data, *self._size)
+            job.data = frame_to_rgb(job.data, self._size)
 
 
 class FilterStage(Stage):
@@ -75,16 +75,18 @@ class FilterTransform(Transform):
 
     model_stage = FilterStage.name
 
-    def __init__(self, name: str, image_filter: ImageFilter, width: int, height: int) -> None:
+    def __init__(
+        self, name: str, image_filter: ImageFilter, width: int, height: int, keep_aspect: bool = False
+    ) -> None:
         self.name = name
         self._filter = image_filter
-        self._size = (width, height)
+        self._size = PictureSize(width, height, keep_aspect)
 
     def stages(self) -> list[Stage]:
-        return [PrepareStage(*self._size), FilterStage(self._filter), FinishStage()]
+        return [PrepareStage(self._size), FilterStage(self._filter), FinishStage()]
 
     def details(self) -> dict[str, str]:
-        return {**super().details(), "size": "{}x{}".format(*self._size)}
+        return {**super().details(), "size": self._size.describe()}
 
 
 FILTERS: dict[str, ImageFilter] = {
