@@ -2,13 +2,15 @@
 
 Both get the same components, device, dtype, size, steps, strength, guidance and fixed
 noise, and both go from a camera picture in host memory to a picture in host memory. The
-architectures need no download: `tiny` (the test model) or `sd15` (SD 1.5's UNet with an
-LCM w-embedding, TAESD and CLIP ViT-L text encoder, built from their configs with random
-weights: the real speed, not the real pictures). Also counts the FLOPs of one frame and,
-given --peak-tflops, the time the hardware allows at best. Prints a table, writes JSON.
+architectures need no download: `tiny` (the test model), `sd15` (SD 1.5's UNet with an
+LCM w-embedding, TAESD and CLIP ViT-L text encoder) or `sd21` (SD 2.1's, as 1-step SD-Turbo
+has it), built from their configs with random weights: the real speed, not the real
+pictures. Also counts the FLOPs of one frame and, given --peak-tflops, the time the hardware
+allows at best. Prints a table, writes JSON.
 
     python -m bench.model --arch tiny
     python -m bench.model --arch sd15 --device cuda --size 512 --peak-tflops 790
+    python -m bench.model --arch sd21 --device cuda --size 512 --steps 1 --strength 1 --peak-tflops 790
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from models.accelerators import Accelerators, accelerate
 from models.lcm import unet_evaluations
 from models.loading import DiffusionModel, load_model, resolve_device, resolve_dtype
 from models.stream import LcmStream
-from models.tiny import SCHEDULER_CONFIG
+from models.tiny import SCHEDULER_CONFIG, TURBO_SCHEDULER_CONFIG
 
 PROMPT = "a watercolor portrait, soft light"
 SEED = 42
@@ -45,20 +47,21 @@ SEED = 42
 FrameRunner = Callable[[list[np.ndarray]], None]
 
 
-def build_sd15(device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    """SD 1.5's architecture (as LCM-Dreamshaper-v7: with a w-embedding) with random weights."""
-    components = sd15_components(device)
+def build_sd15(device: torch.device, dtype: torch.dtype, architecture: str = "sd15") -> DiffusionModel:
+    """SD 1.5's architecture (as LCM-Dreamshaper-v7: with a w-embedding) with random weights,
+    or SD 2.1's ("sd21", as SD-Turbo) with Euler's scheduler settings."""
+    components = sd15_components(device, architecture=architecture)
     for module in components.modules():
         module.to(dtype=dtype)
     return DiffusionModel(
         unet=components.unet,
         text_encoder=components.text_encoder,
         tokenizer=sd15_tokenizer(Path(tempfile.mkdtemp(prefix="stylecam-bench-"))),
-        scheduler_config=dict(SCHEDULER_CONFIG),
+        scheduler_config=dict(TURBO_SCHEDULER_CONFIG if architecture == "sd21" else SCHEDULER_CONFIG),
         autoencoder=components.autoencoder,
         device=device,
         dtype=dtype,
-        name="sd15",
+        name=architecture,
     )
 
 
@@ -200,7 +203,10 @@ def camera_frames(size: int) -> list[np.ndarray]:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    model = build_sd15(device, dtype) if args.arch == "sd15" else load_model("tiny", "", None, str(device), args.dtype)
+    if args.arch == "tiny":
+        model = load_model("tiny", "", None, str(device), args.dtype)
+    else:
+        model = build_sd15(device, dtype, args.arch)
     accelerate(model, Accelerators(channels_last=args.channels_last, compile=args.compile))
     frames = camera_frames(args.size)
     eager, graphed = LcmStream(model), LcmStream(model, cuda_graphs=True)
@@ -304,7 +310,12 @@ def print_table(result: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.model", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--arch", choices=["tiny", "sd15"], default="tiny", help="model architecture (default tiny)")
+    parser.add_argument(
+        "--arch",
+        choices=["tiny", "sd15", "sd21"],
+        default="tiny",
+        help="model architecture: tiny, sd15 (LCM-Dreamshaper's), sd21 (SD-Turbo's: try --steps 1 --strength 1)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
     parser.add_argument("--size", type=int, default=512, help="square picture size in px (default 512)")

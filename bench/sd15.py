@@ -50,6 +50,14 @@ CLIP_VIT_L = {
     "eos_token_id": 1,
     "pad_token_id": 1,
 }
+OPENCLIP_VIT_H = {  # SD 2.x's text encoder (its last layer dropped, as the checkpoints ship it)
+    **CLIP_VIT_L,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 23,
+    "hidden_act": "gelu",
+}
 NOISE_PREDICTION_STD = 1.0  # the UNet predicts epsilon: unit Gaussian noise
 LATENT_GAIN = 5.0  # structure-keeping TAESD: latents = gain * (colour - 0.5), about +-2.5
 RANDOM_SCALE = 0.05  # structure-keeping TAESD: its random weights, times this
@@ -67,17 +75,31 @@ class Sd15Components:
         return (self.unet, self.text_encoder, self.autoencoder)
 
 
-def sd15_components(device: torch.device, calibrated: bool = False, seed: int = SEED) -> Sd15Components:
-    """The three networks in float32 on `device` (made there: fast on a GPU), eval mode."""
+def sd15_components(
+    device: torch.device, calibrated: bool = False, seed: int = SEED, architecture: str = "sd15"
+) -> Sd15Components:
+    """The three networks in float32 on `device` (made there: fast on a GPU), eval mode.
+    `architecture` "sd21" is SD 2.1's (as SD-Turbo, 1-step distilled, has it): OpenCLIP ViT-H
+    text states 1024 wide, linear projections, per-level head counts, no w-embedding (only
+    uncalibrated: for timing)."""
+    if architecture == "sd21" and calibrated:
+        raise ValueError("only SD 1.5's architecture is calibrated")
     torch.manual_seed(seed)
     with torch.device(device):
-        components = Sd15Components(
-            unet=UNet2DConditionModel(
+        if architecture == "sd21":
+            unet = UNet2DConditionModel(
+                sample_size=64,
+                cross_attention_dim=1024,
+                attention_head_dim=(5, 10, 20, 20),
+                use_linear_projection=True,
+            )
+            text_encoder = CLIPTextModel(CLIPTextConfig(**OPENCLIP_VIT_H))
+        else:
+            unet = UNet2DConditionModel(
                 sample_size=64, cross_attention_dim=768, time_cond_proj_dim=GUIDANCE_EMBEDDING_DIM
-            ),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_VIT_L)),
-            autoencoder=AutoencoderTiny(),
-        )
+            )
+            text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_VIT_L))
+        components = Sd15Components(unet=unet, text_encoder=text_encoder, autoencoder=AutoencoderTiny())
     for module in components.modules():
         module.eval().requires_grad_(False)
     if calibrated:

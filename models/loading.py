@@ -7,16 +7,19 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import diffusers
 import huggingface_hub
 import torch
 import transformers
 from diffusers import AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from models import devices
@@ -24,7 +27,20 @@ from models.tiny import write_tiny_model
 
 logger = logging.getLogger(__name__)
 
-TINY_MODEL = "tiny"
+TINY_MODEL = "tiny"  # SD 1.5 with an LCM w-embedding, random weights, written offline
+TINY_TURBO_MODEL = "tiny-turbo"  # SD 2.1's architecture as SD-Turbo has it, likewise
+TINY_MODELS: dict[str, Literal["sd15", "turbo"]] = {TINY_MODEL: "sd15", TINY_TURBO_MODEL: "turbo"}
+SUPPORTED_PIPELINES = {  # model_index.json's class names of the families the stream loop runs
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "LatentConsistencyModelPipeline",
+    "LatentConsistencyModelImg2ImgPipeline",
+}
+SUPPORTED_CHECKPOINTS = {"v1", "v2"}  # diffusers' names for SD 1.x and SD 2.x single files
+SUPPORTED_FAMILIES = (
+    "SD 1.5 models (LCM-distilled such as SimianLuo/LCM_Dreamshaper_v7, or any SD 1.5 model with "
+    "--lora latent-consistency/lcm-lora-sdv1-5) and SD 2.x-base models such as SD-Turbo (stabilityai/sd-turbo)"
+)
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 OFFLINE_ERRORS = (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)
 LATENT_CHANNELS = 4  # SD 1.5's and TAESD's latent space
@@ -87,10 +103,11 @@ def load_model(model: str, vae: str, lora: str | None, device: str, dtype: str) 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     devices.bind_thread(torch_device)
-    if model == TINY_MODEL:
+    if model in TINY_MODELS:
         with tempfile.TemporaryDirectory(prefix="stylecam-tiny-") as folder:
-            model_folder, vae_folder = write_tiny_model(Path(folder))
-            return _load(str(model_folder), str(vae_folder), lora, torch_device, torch_dtype, TINY_MODEL)
+            model_folder, vae_folder = write_tiny_model(Path(folder), TINY_MODELS[model])
+            return _load(str(model_folder), str(vae_folder), lora, torch_device, torch_dtype, model)
+    refuse_other_families(model)
     return _load(model, vae, lora, torch_device, torch_dtype, model)
 
 
@@ -132,6 +149,47 @@ def _load(
         dtype=dtype,
         name=name,
     )
+
+
+def refuse_other_families(model: str) -> None:
+    """SDXL, SD 3, Flux and the like are refused before any weight loads: their class in
+    model_index.json (hub id or folder), or the keys of a .safetensors file, name the family."""
+    if model.endswith(".safetensors") and Path(model).is_file():
+        family = infer_diffusers_model_type(LazyCheckpoint(model))
+        if family not in SUPPORTED_CHECKPOINTS:
+            raise ModelLoadError(
+                f"the model file {model!r} is {family!r}, not supported; stylecam runs {SUPPORTED_FAMILIES}"
+            )
+        return
+    if model.endswith(SINGLE_FILE_SUFFIXES):
+        return  # a pickled .ckpt cannot be read without loading it: from_single_file tells
+    config = _attempt(f"the model {model!r}", StableDiffusionPipeline.load_config, model)
+    pipeline = config.get("_class_name", "")
+    if pipeline not in SUPPORTED_PIPELINES:
+        raise ModelLoadError(
+            f"the model {model!r} is a {pipeline or 'non-diffusers'} model, not supported; "
+            f"stylecam runs {SUPPORTED_FAMILIES}"
+        )
+
+
+class LazyCheckpoint(Mapping[str, torch.Tensor]):
+    """A .safetensors file as a mapping that reads a tensor only when asked (its keys and a
+    few shapes tell the family, without reading gigabytes)."""
+
+    def __init__(self, path: str) -> None:
+        self._file = safe_open(path, framework="pt")
+        self._keys = list(self._file.keys())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._file.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def refuse_unsupported(pipeline: StableDiffusionPipeline, name: str) -> None:

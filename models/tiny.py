@@ -13,11 +13,19 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers import AutoencoderTiny, LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderTiny,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    SchedulerMixin,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 TINY_SEED = 0
 TEXT_HIDDEN = 32
+TURBO_TEXT_HIDDEN = 48  # SD 2.x's OpenCLIP text encoder is wider than SD 1.5's CLIP (1024 vs 768)
 GUIDANCE_EMBEDDING_DIM = 32  # a time_cond_proj_dim makes it an LCM-distilled UNet (w-embedding)
 TOKENIZER_MAX_LENGTH = 77  # as CLIP's: prompts are padded to it
 MERGES = ["t h", "th e</w>", "a n", "o r", "i n", "e r</w>", "p o", "r t"]
@@ -35,6 +43,16 @@ SCHEDULER_CONFIG = {
     "timestep_scaling": 10.0,
     "clip_sample": False,
     "thresholding": False,
+}
+# SD-Turbo's scheduler settings (stabilityai/sd-turbo): Euler, trailing timesteps, epsilon.
+TURBO_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "trailing",
 }
 
 
@@ -91,6 +109,27 @@ def tiny_unet(guidance_embedding: bool = True) -> UNet2DConditionModel:
     return unet
 
 
+def tiny_turbo_unet() -> UNet2DConditionModel:
+    """SD 2.1's UNet in miniature, as SD-Turbo has it: linear projections in the transformers,
+    wider cross-attention, per-level head counts, no w-embedding."""
+    torch.manual_seed(TINY_SEED)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TURBO_TEXT_HIDDEN,
+        attention_head_dim=(4, 8),
+        use_linear_projection=True,
+        norm_num_groups=8,
+    )
+    variance_preserving(unet, "linear")
+    return unet
+
+
 def tiny_autoencoder() -> AutoencoderTiny:
     """TAESD's shape with few channels: four blocks, the real 8x downscale, 4 latent channels."""
     torch.manual_seed(TINY_SEED)
@@ -105,11 +144,12 @@ def tiny_autoencoder() -> AutoencoderTiny:
     return autoencoder
 
 
-def tiny_text_encoder(vocab_size: int) -> CLIPTextModel:
+def tiny_text_encoder(vocab_size: int, hidden: int = TEXT_HIDDEN, activation: str = "quick_gelu") -> CLIPTextModel:
+    """CLIP's text encoder in miniature; SD 2.x's OpenCLIP one is wider and uses plain gelu."""
     torch.manual_seed(TINY_SEED)
     config = CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=TEXT_HIDDEN,
+        hidden_size=hidden,
         intermediate_size=37,
         num_attention_heads=4,
         num_hidden_layers=2,
@@ -117,22 +157,32 @@ def tiny_text_encoder(vocab_size: int) -> CLIPTextModel:
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
+        hidden_act=activation,
     )
     return CLIPTextModel(config)
 
 
-def write_tiny_model(folder: Path) -> tuple[Path, Path]:
-    """Write the tiny model to `folder`; returns (model folder, TAESD folder) for the loader."""
+def write_tiny_model(folder: Path, family: Literal["sd15", "turbo"] = "sd15") -> tuple[Path, Path]:
+    """Write the tiny model to `folder`; returns (model folder, TAESD folder) for the loader.
+    `sd15`: SD 1.5 with an LCM w-embedding (as LCM-Dreamshaper); `turbo`: SD 2.1's architecture
+    as SD-Turbo ships it (1-step distilled, Euler scheduler settings)."""
     tokenizer_folder = folder / "tokenizer"
     write_tokenizer(tokenizer_folder)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder)
     autoencoder = tiny_autoencoder()
+    scheduler: SchedulerMixin
+    if family == "turbo":
+        text_encoder = tiny_text_encoder(len(tokenizer), TURBO_TEXT_HIDDEN, "gelu")
+        unet, scheduler = tiny_turbo_unet(), EulerDiscreteScheduler(**TURBO_SCHEDULER_CONFIG)
+    else:
+        text_encoder = tiny_text_encoder(len(tokenizer))
+        unet, scheduler = tiny_unet(), LCMScheduler(**SCHEDULER_CONFIG)
     pipeline = StableDiffusionPipeline(
         vae=autoencoder,
-        text_encoder=tiny_text_encoder(len(tokenizer)),
+        text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=tiny_unet(),
-        scheduler=LCMScheduler(**SCHEDULER_CONFIG),
+        unet=unet,
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -154,3 +154,24 @@ def test_stream_batch_keeps_sessions_apart_in_one_call(model: DiffusionModel, cl
                 ours, reference = finished[index : index + 1], session[max(0, k - lag)]
                 assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-3), (index, k)
     assert (expected[0][-1] - expected[1][-1]).abs().mean() > 0.05, "the sessions' pictures differ"
+
+
+@pytest.fixture(scope="module")
+def turbo() -> DiffusionModel:
+    return load_model("tiny-turbo", "", None, "cpu", "float32")
+
+
+@pytest.mark.parametrize(
+    ("steps", "strength", "guidance"),
+    [(1, 1.0, 0.0), (2, 0.5, 0.0), (4, 0.5, 1.0), (2, 1.0, 3.0)],
+)
+def test_the_loop_equals_diffusers_img2img_for_sd_turbos_architecture(
+    turbo: DiffusionModel, camera: np.ndarray, steps: int, strength: float, guidance: float
+) -> None:
+    """SD 2.1's architecture as SD-Turbo ships it (OpenCLIP-wide text states, linear
+    projections, Euler settings, no w-embedding): 1 or 2 evaluations per frame, same math."""
+    assert turbo.guidance_embedding_dim is None and turbo.unet.config.use_linear_projection
+    expected = diffusers_img2img(turbo, camera, steps, strength, guidance)
+    ours = our_loop(LcmStream(turbo), camera, steps, strength, guidance)
+    assert np.abs(ours - expected).max() <= 1e-5
+    assert ours.std() > 0.05, "a picture, not a flat field"

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from diffusers import UNet2DConditionModel
+from safetensors.torch import save_file
 
 from models.loading import ModelLoadError, load_model
 from models.tiny import tiny_unet, write_tiny_model
@@ -34,3 +36,28 @@ def test_an_inpainting_unet_is_refused(tmp_path: Path) -> None:
     inpainting.save_pretrained(model / "unet")
     with pytest.raises(ModelLoadError, match="9 input channels"):
         load_model(str(model), str(vae), None, "cpu", "float32")
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "family"),
+    [("StableDiffusionXLPipeline", "XL"), ("StableDiffusion3Pipeline", "3"), ("FluxPipeline", "Flux")],
+)
+def test_a_folder_of_another_family_is_refused_before_loading(tmp_path: Path, pipeline: str, family: str) -> None:
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+    with pytest.raises(ModelLoadError, match=family) as refused:
+        load_model(str(tmp_path), "", None, "cpu", "float32")
+    assert "SD-Turbo" in str(refused.value) and "SD 1.5" in str(refused.value), "it names what works"
+
+
+@pytest.mark.parametrize(
+    ("key", "family"),
+    [
+        ("conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias", "xl_base"),
+        ("double_blocks.0.img_attn.norm.key_norm.scale", "flux"),
+    ],
+)
+def test_a_checkpoint_file_of_another_family_is_refused(tmp_path: Path, key: str, family: str) -> None:
+    checkpoint = tmp_path / "model.safetensors"
+    save_file({key: torch.zeros(4)}, checkpoint)
+    with pytest.raises(ModelLoadError, match=family):
+        load_model(str(checkpoint), "", None, "cpu", "float32")
