@@ -79,8 +79,8 @@ class Settings(BaseSettings):
     )
     model: str = Field(
         "SimianLuo/LCM_Dreamshaper_v7",
-        description="SD 1.5 model: hub id, local diffusers folder, .safetensors file, or 'tiny' "
-        "(offline random weights, for tests)",
+        description="SD 1.5 or SD 2.x-base (SD-Turbo) model: hub id, local diffusers folder, .safetensors "
+        "file, or 'tiny' / 'tiny-turbo' (offline random weights of either architecture, for tests)",
     )
     vae: str = Field("madebyollin/taesd", description="TAESD autoencoder: hub id or local folder")
     lora: str | None = Field(

@@ -36,7 +36,7 @@ def build_diffusion(settings: Settings, warn: Warn) -> Transform:
     # error or a filter transform should not wait for them.
     from models.accelerators import Accelerators, accelerate, share_cpu_threads
     from models.devices import unusable_gpu
-    from models.loading import TINY_MODEL, ModelLoadError, load_model, resolve_device
+    from models.loading import TINY_MODELS, ModelLoadError, load_model, resolve_device
     from models.stream import LcmStream
     from transforms.diffusion import DiffusionTransform
 
@@ -47,7 +47,7 @@ def build_diffusion(settings: Settings, warn: Warn) -> Transform:
     unusable = unusable_gpu() if on_cpu and settings.device == "auto" else None
     if unusable:
         warn(f"{unusable}: running on the CPU. Install a torch built for this driver (README: Docker, TORCH).")
-    if on_cpu and settings.model != TINY_MODEL:
+    if on_cpu and settings.model not in TINY_MODELS:
         warn(SLOW_ON_CPU)
 
     wanted = Accelerators(
