@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
 
 from models.loading import DiffusionModel, load_model
 from models.stream import LcmStream
+from settings import Settings
 from tests.test_diffusion import camera_frame, session
 from transforms.base import FrameJob
+from transforms.catalog import build_engine
 from transforms.diffusion import DiffusionTransform
 from transforms.engine import EngineSession
 from transforms.params import StyleParams
@@ -141,3 +144,32 @@ def test_a_change_during_a_transition_starts_from_where_it_was(model: DiffusionM
     half_way = picture(transform, who)
     change(transform, who, third)
     assert np.abs(picture(transform, who) - half_way).mean() < 0.05 * np.abs(half_way).mean()
+
+
+def test_a_still_camera_is_not_skipped_while_a_transition_runs() -> None:
+    """Regression (bench.flicker): the similarity filter answered a still camera with the last
+    output during a transition (the params do not change while the look does), so the look
+    froze and jumped when the skips ran out."""
+    engine = build_engine(Settings(model="tiny", width=64, height=64, device="cpu", max_skips=30))
+    still = camera_frame()
+    engine.start()
+    try:
+        who = engine.open_session("s", StyleParams(transition_ms=0), lambda job: None, lambda message: None)
+        engine.transform.prepare_params(who, who.params)
+
+        def feed(seconds: float) -> None:
+            started = time.monotonic()
+            while time.monotonic() - started < seconds:
+                engine.submit(who, still)
+                time.sleep(1 / 30)
+
+        feed(1.0)
+        assert who.frames_skipped > 5, "a still camera skips the model"
+        new = who.params.updated({"prompt": "a claymation figure", "transition_ms": 1500})
+        engine.transform.prepare_params(who, new)
+        who.params = new
+        skipped, out = who.frames_skipped, who.frames_out
+        feed(1.0)
+        assert who.frames_out - out >= 5 and who.frames_skipped == skipped, "every frame of the transition is made"
+    finally:
+        engine.stop()

@@ -82,6 +82,11 @@ class Transform(ABC):
         """What a user checking the setup wants to see (`server.py --check`)."""
         return {"device": self.device}
 
+    def changing(self, session: EngineSession, params: StyleParams) -> bool:
+        """True while frames made with `params` change on their own, the camera still (a
+        transition under way): the similarity filter then repeats nothing."""
+        return False
+
     def prepare_params(self, session: EngineSession, params: StyleParams) -> None:
         """Precompute what `params` need (prompt embeddings) before they go live.
 

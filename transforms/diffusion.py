@@ -242,6 +242,10 @@ class DiffusionTransform(Transform):
             "stream batch": "on" if self._stream_batch else "off",
         }
 
+    def changing(self, session: EngineSession, params: StyleParams) -> bool:
+        look: Look | None = session.carry.get(LOOK)
+        return look is not None and look.params == params and look.progress(self._clock()) < 1.0
+
     def prepare_params(self, session: EngineSession, params: StyleParams) -> None:
         """Encode the prompt, draw the noise and compute the schedule before the params go live,
         in the calling worker thread, so the stream never stalls on a prompt change; then the

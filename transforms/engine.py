@@ -297,7 +297,8 @@ class FrameEngine:
         try:
             if index == 0 and self._similarity is not None:
                 for job in jobs:
-                    job.repeat = self._similarity.is_repeat(job.session.similarity, job.data, job.params)
+                    changing = self.transform.changing(job.session, job.params)
+                    job.repeat = self._similarity.is_repeat(job.session.similarity, job.data, job.params, changing)
             work = [job for job in jobs if not job.repeat]
             if work:
                 state.stage.process(work)

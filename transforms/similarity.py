@@ -41,12 +41,14 @@ class SimilarityFilter:
         self.threshold = threshold
         self.max_skips = max_skips
 
-    def is_repeat(self, state: SimilarityState, frame: VideoFrame, params: object) -> bool:
+    def is_repeat(self, state: SimilarityState, frame: VideoFrame, params: object, changing: bool = False) -> bool:
         """True when `frame` (to be made with `params`) may be answered with the last output;
-        updates `state`. A params change always goes through the model."""
+        updates `state`. A params change always goes through the model, and so does every
+        frame while the look is `changing` on its own (a transition under way)."""
         means = block_means(frame)
         if (
-            state.reference is not None
+            not changing
+            and state.reference is not None
             and state.reference.shape == means.shape
             and state.params == params
             and state.skips_in_a_row < self.max_skips
