@@ -10,7 +10,7 @@ allows at best. Prints a table, writes JSON.
 
     python -m bench.model --arch tiny
     python -m bench.model --arch sd15 --device cuda --size 512 --peak-tflops 790
-    python -m bench.model --arch sd21 --device cuda --size 512 --steps 1 --strength 1 --peak-tflops 790
+    python -m bench.model --arch sd21 --device cuda --size 512 --steps 2 --strength 0.5 --peak-tflops 790
 """
 
 from __future__ import annotations
@@ -314,7 +314,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--arch",
         choices=["tiny", "sd15", "sd21"],
         default="tiny",
-        help="model architecture: tiny, sd15 (LCM-Dreamshaper's), sd21 (SD-Turbo's: try --steps 1 --strength 1)",
+        help="model architecture: tiny, sd15 (LCM-Dreamshaper's), sd21 (SD-Turbo's: --steps 2 --strength 0.5)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])

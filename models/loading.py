@@ -155,7 +155,8 @@ def refuse_other_families(model: str) -> None:
     """SDXL, SD 3, Flux and the like are refused before any weight loads: their class in
     model_index.json (hub id or folder), or the keys of a .safetensors file, name the family."""
     if model.endswith(".safetensors") and Path(model).is_file():
-        family = infer_diffusers_model_type(LazyCheckpoint(model))
+        with safe_open(model, framework="pt") as checkpoint:
+            family = infer_diffusers_model_type(LazyCheckpoint(checkpoint))
         if family not in SUPPORTED_CHECKPOINTS:
             raise ModelLoadError(
                 f"the model file {model!r} is {family!r}, not supported; stylecam runs {SUPPORTED_FAMILIES}"
@@ -176,9 +177,10 @@ class LazyCheckpoint(Mapping[str, torch.Tensor]):
     """A .safetensors file as a mapping that reads a tensor only when asked (its keys and a
     few shapes tell the family, without reading gigabytes)."""
 
-    def __init__(self, path: str) -> None:
-        self._file = safe_open(path, framework="pt")
-        self._keys = list(self._file.keys())
+    def __init__(self, checkpoint: Any) -> None:
+        """`checkpoint`: an open safetensors file (safe_open)."""
+        self._file = checkpoint
+        self._keys = list(checkpoint.keys())
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._keys:

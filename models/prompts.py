@@ -51,6 +51,9 @@ class PromptEncoder:
         )
         self.chunk_tokens = int(model.tokenizer.model_max_length)
         self._cache: BoundedCache[Any, torch.Tensor] = BoundedCache(cache_size)
+        # Padding's chunk, made now (the loader's thread), kept for good: padding happens on the
+        # denoise stage, which must never run the text encoder.
+        self._empty = self._encode("")
 
     def __call__(self, text: str) -> torch.Tensor:
         return self._cache.get(text, lambda: self._encode(text))
@@ -70,8 +73,8 @@ class PromptEncoder:
         missing = (tokens - states.shape[1]) // self.chunk_tokens
         if missing <= 0:
             return states
-        empty = self("")
-        return torch.cat([states, *([empty.expand(states.shape[0], -1, -1)] * missing)], dim=1)
+        devices.keep_until_used([states])
+        return torch.cat([states, *([self._empty.expand(states.shape[0], -1, -1)] * missing)], dim=1)
 
     @torch.inference_mode()
     def _blend(self, prompts: WeightedPrompts) -> torch.Tensor:

@@ -123,3 +123,18 @@ def test_weights_that_are_all_0_are_refused() -> None:
 )
 def test_colon_weights_read_as_compel_writes_them(written: str, read: str) -> None:
     assert compel_syntax(written) == read
+
+
+def test_padding_never_runs_the_text_encoder(model: DiffusionModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Padding happens on the denoise stage (a transition between prompts of different
+    lengths): the empty prompt's chunk is made with the encoder, never later."""
+    encoder = PromptEncoder(model)
+    with torch.inference_mode():
+        short = encoder(WATERCOLOR)
+
+    def refuse(self: PromptEncoder, text: str) -> torch.Tensor:
+        raise AssertionError(f"encoded {text!r} while padding")
+
+    monkeypatch.setattr(PromptEncoder, "_encode", refuse)
+    with torch.inference_mode():
+        assert encoder.pad(short, 3 * encoder.chunk_tokens).shape[1] == 3 * encoder.chunk_tokens

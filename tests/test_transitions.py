@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from av import VideoFrame
 
 from models.loading import DiffusionModel, load_model
 from models.stream import LcmStream
@@ -142,7 +143,9 @@ def test_a_change_during_a_transition_starts_from_where_it_was(model: DiffusionM
     change(transform, who, second)
     clock.now += 0.2
     half_way = picture(transform, who)
-    change(transform, who, third)
+    transform.prepare_params(who, third)  # published; the frames in flight still carry `second`
+    assert np.abs(picture(transform, who) - half_way).max() <= 1, "a frame in flight shows the screen"
+    who.params = third
     assert np.abs(picture(transform, who) - half_way).mean() < 0.05 * np.abs(half_way).mean()
 
 
@@ -173,3 +176,43 @@ def test_a_still_camera_is_not_skipped_while_a_transition_runs() -> None:
         assert who.frames_out - out >= 5 and who.frames_skipped == skipped, "every frame of the transition is made"
     finally:
         engine.stop()
+
+
+def test_the_first_change_on_a_16_9_camera_eases_in_too(model: DiffusionModel) -> None:
+    """Regression: the offer's look was made at the usual 4:3 size before any frame; a 16:9
+    camera's first change found no look of its size and cut at once."""
+    clock = FakeClock()
+    transform = DiffusionTransform(LcmStream(model), SIZE, SIZE, clock=clock, keep_aspect=True)
+    wide = VideoFrame.from_ndarray(np.full((360, 640, 3), 90, np.uint8), format="rgb24")
+
+    def frame() -> np.ndarray:
+        jobs = [FrameJob(who, 0.0, who.params, wide)]
+        for stage in transform.stages():
+            stage.process(jobs)
+        return jobs[0].data.to_ndarray(format="rgb24").astype(np.float32)
+
+    who = session("s", StyleParams(prompt="a watercolor portrait"))
+    change(transform, who, who.params)  # at offer time: no frame yet
+    before = frame()
+    change(transform, who, who.params.updated({"prompt": "a claymation figure", "transition_ms": 500}))
+    first = frame()
+    clock.now += 1.0
+    after = frame()
+    assert np.abs(after - before).mean() > 2, "the looks differ"
+    assert np.abs(first - before).max() <= 1, "the change starts from the picture on screen"
+
+
+def test_a_camera_of_another_size_in_stream_batch_primes_again(model: DiffusionModel) -> None:
+    """Regression: stream batch carried partly denoised latents of the old size into a call
+    with the new camera's (the page's Resolution select): every frame failed from then on."""
+    transform = DiffusionTransform(LcmStream(model), SIZE, SIZE, stream_batch=True, keep_aspect=True)
+    who = session("s", StyleParams(steps=4, strength=1.0))
+    change(transform, who, who.params)
+    stages = transform.stages()
+    for width, height in ((640, 480), (640, 480), (1280, 720), (1280, 720)):
+        camera = VideoFrame.from_ndarray(np.full((height, width, 3), 90, np.uint8), format="rgb24")
+        jobs = [FrameJob(who, 0.0, who.params, camera)]
+        for stage in stages:
+            stage.process(jobs)
+        out = jobs[0].data
+        assert abs(out.width / out.height - width / height) < 0.15, "each frame at its camera's aspect"

@@ -24,7 +24,7 @@ from transforms.engine import EngineSession
 from transforms.finish import FinishStage
 from transforms.frames import PictureSize, frame_to_rgb
 from transforms.params import StyleParams
-from transforms.transitions import LOOK, Look, next_look
+from transforms.transitions import LOOK, Look, next_look, settled
 
 GroupKey = tuple[LcmSchedule, bool, int, tuple[int, ...]]
 With = TypeVar("With")
@@ -113,12 +113,15 @@ class DenoiseStage(DiffusionStage):
 
     def _condition(self, job: FrameJob) -> FrameCondition:
         """The session's look now, when the frame carries the params the look leads to and is of
-        its size; an older frame (admitted before the change went live), or one of another size
-        (a new camera), gets its own params' look."""
+        its size; a frame admitted before the change went live shows where the look started;
+        any other (a new camera's size) gets its own params' look."""
         look: Look | None = job.session.carry.get(LOOK)
         latent_size = tuple(job.data.shape[-2:])
-        if look is not None and look.params == job.params and tuple(look.end.noise.shape[-2:]) == latent_size:
-            return look.at(self._clock())
+        if look is not None and tuple(look.end.noise.shape[-2:]) == latent_size:
+            if look.params == job.params:
+                return look.at(self._clock())
+            if look.before == job.params:
+                return look.start  # what was on screen when the change came, not the old target
         factor = self.stream.model.latent_downscale
         return condition(self.stream, job.params, latent_size[1] * factor, latent_size[0] * factor)
 
@@ -130,13 +133,14 @@ class DenoiseStage(DiffusionStage):
 
     def _stream_step(self, group: list[tuple[FrameJob, FrameCondition]], schedule: LcmSchedule) -> None:
         """Stream batch: each session's partly denoised frames advance together with the new one.
-        A session's first frame (or first after a params change) primes its pipeline."""
+        A session's first frame (or first after a params change or a new camera size) primes
+        its pipeline."""
         jobs, conditions = zip(*group, strict=True)
         latents = torch.cat([job.data for job in jobs])
         pending = []
         for job, latent, frame_condition in zip(jobs, latents.split(1), conditions, strict=True):
             carried = job.session.carry.get(PENDING)
-            if carried is None or carried[0] != job.params:
+            if carried is None or carried[0] != job.params or carried[1].shape[-2:] != latent.shape[-2:]:
                 carried = (job.params, self.stream.stream_prime(latent, schedule, [frame_condition]))
             pending.append(carried[1])
         finished, advanced = self.stream.stream_denoise(latents, torch.cat(pending), schedule, conditions)
@@ -242,6 +246,15 @@ class DiffusionTransform(Transform):
             "stream batch": "on" if self._stream_batch else "off",
         }
 
+    def _current_look(self, session: EngineSession, end: FrameCondition) -> Look | None:
+        """The session's look, remade at the size of `end` when its camera turned out to be of
+        another size than the look was made for (its frames have shown its params' own look)."""
+        look: Look | None = session.carry.get(LOOK)
+        if look is None or look.end.noise.shape == end.noise.shape:
+            return look
+        height, width = (side * self.stream.model.latent_downscale for side in end.noise.shape[-2:])
+        return settled(look.params, condition(self.stream, look.params, width, height), self.stream.lengthen)
+
     def changing(self, session: EngineSession, params: StyleParams) -> bool:
         look: Look | None = session.carry.get(LOOK)
         return look is not None and look.params == params and look.progress(self._clock()) < 1.0
@@ -256,7 +269,7 @@ class DiffusionTransform(Transform):
             self.stream.schedule_inputs(self.stream.schedule(params.steps, params.strength))
             width, height = session.carry.get(SIZE) or self._size.for_camera(*USUAL_CAMERA)
             end = condition(self.stream, params, width, height)
-            look = next_look(session.carry.get(LOOK), params, end, self._clock(), self.stream.lengthen)
+            look = next_look(self._current_look(session, end), params, end, self._clock(), self.stream.lengthen)
         devices.finish_work(device)
         session.carry[LOOK] = look
 

@@ -23,6 +23,7 @@ Lengthen = Callable[[FrameCondition, int], FrameCondition]  # pads text states t
 @dataclass(frozen=True)
 class Look:
     params: StyleParams  # the params the look leads to
+    before: StyleParams | None  # the params of the look it took over from (frames still in flight)
     start: FrameCondition
     end: FrameCondition
     started_at: float  # seconds, on the transform's clock
@@ -49,8 +50,20 @@ class Look:
 def next_look(
     current: Look | None, params: StyleParams, end: FrameCondition, now: float, lengthen: Lengthen
 ) -> Look:
-    """The look that eases from what `current` shows at `now` to `end` over params.transition_ms."""
+    """The look that eases from what `current` shows at `now` to `end` over params.transition_ms
+    (at once when nothing in the conditioning changed, or when the two cannot be blended)."""
     start = current.at(now) if current is not None else end
-    if start.classic != end.classic or start.noise.shape != end.noise.shape:
+    unchanged = all(a is b for a, b in zip(_parts(start), _parts(end), strict=True))
+    if unchanged or start.classic != end.classic or start.noise.shape != end.noise.shape:
         start = end
-    return Look(params, start, end, now, params.transition_ms / 1000.0, lengthen)
+    before = current.params if current is not None else None
+    return Look(params, before, start, end, now, params.transition_ms / 1000.0, lengthen)
+
+
+def settled(params: StyleParams, condition: FrameCondition, lengthen: Lengthen) -> Look:
+    """A look that shows `condition` and changes no more."""
+    return Look(params, None, condition, condition, 0.0, 0.0, lengthen)
+
+
+def _parts(condition: FrameCondition) -> tuple[object, ...]:
+    return condition.prompt, condition.negative, condition.guidance, condition.noise

@@ -15,6 +15,7 @@ export const PRESETS = [
     strength: 0.55,
     second_prompt: "claymation character, plasticine, studio light",
     mix: 0.4,
+    transition_ms: 1500,
   },
 ];
 
@@ -105,7 +106,7 @@ export class StyleControls {
         type: "range",
         min: property.minimum,
         max: property.maximum,
-        step: property.type === "integer" ? 1 : STEP[name] || 0.01,
+        step: STEP[name] || (property.type === "integer" ? 1 : 0.01),
       });
       const output = document.createElement("output");
       output.htmlFor = id;
