@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 
@@ -11,6 +12,7 @@ from av import VideoFrame
 
 from models.loading import DiffusionModel, load_model
 from models.stream import LcmStream
+from models.tiny import tiny_unet
 from settings import Settings
 from tests.test_diffusion import camera_frame, session
 from transforms.base import FrameJob
@@ -216,3 +218,18 @@ def test_a_camera_of_another_size_in_stream_batch_primes_again(model: DiffusionM
             stage.process(jobs)
         out = jobs[0].data
         assert abs(out.width / out.height - width / height) < 0.15, "each frame at its camera's aspect"
+
+
+def test_guidance_turned_on_eases_in_on_a_model_without_w_embedding(model: DiffusionModel) -> None:
+    """SD-Turbo or LCM-LoRA: guidance above 1 adds a second UNet pass. Turning it on used to cut
+    (one pass cannot be half two); the unguided side now runs as guidance at scale 1."""
+    lora_like = dataclasses.replace(model, unet=tiny_unet(guidance_embedding=False))
+    old = StyleParams(guidance_scale=1.0, negative_prompt="blurry")
+    new = old.updated({"guidance_scale": 6.0, "transition_ms": 500})
+    old_look, new_look, frames = transition(lora_like, old, new)
+    jump = float(np.abs(new_look - old_look).mean())
+    assert jump > 3, "guidance changes the picture"
+    assert np.abs(frames[0] - old_look).max() <= 1 and np.abs(frames[-1] - new_look).max() <= 1
+    steps = [float(np.abs(b - a).mean()) for a, b in itertools.pairwise(frames)]
+    assert max(steps) < 0.35 * jump, f"no cut: steps {steps} of {jump:.1f}"
+    assert sum(step > 0.05 * jump for step in steps) >= 8, "spread over the transition"

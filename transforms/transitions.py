@@ -2,14 +2,18 @@
 
 The look leads from what the session showed when the change came (the middle of an earlier
 transition, if one was under way) to the new params' conditioning, along a smoothstep curve
-(no sudden start or stop). The schedule (steps, strength) and the switch between one and two
-UNet passes (classic guidance on or off) cannot be half there: they change at once.
+(no sudden start or stop). Guidance turned on or off on a model without a w-embedding eases
+too (the unguided side runs as classic guidance at scale 1 for the while). The schedule
+(steps, strength) cannot be half there: it changes at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
 
 from models.blending import blend
 from models.stream import FrameCondition
@@ -43,8 +47,11 @@ class Look:
         progress = self.progress(now)
         if progress >= 1.0:
             return self.end
-        tokens = max(self.start.tokens, self.end.tokens)
-        return blend(self.lengthen(self.start, tokens), self.lengthen(self.end, tokens), progress)
+        start, end = self.start, self.end
+        if start.classic != end.classic:
+            start, end = _both_classic(start, end)
+        tokens = max(start.tokens, end.tokens)
+        return blend(self.lengthen(start, tokens), self.lengthen(end, tokens), progress)
 
 
 def next_look(
@@ -54,7 +61,7 @@ def next_look(
     (at once when nothing in the conditioning changed, or when the two cannot be blended)."""
     start = current.at(now) if current is not None else end
     unchanged = all(a is b for a, b in zip(_parts(start), _parts(end), strict=True))
-    if unchanged or start.classic != end.classic or start.noise.shape != end.noise.shape:
+    if unchanged or start.noise.shape != end.noise.shape:
         start = end
     before = current.params if current is not None else None
     return Look(params, before, start, end, now, params.transition_ms / 1000.0, lengthen)
@@ -63,6 +70,22 @@ def next_look(
 def settled(params: StyleParams, condition: FrameCondition, lengthen: Lengthen) -> Look:
     """A look that shows `condition` and changes no more."""
     return Look(params, None, condition, condition, 0.0, 0.0, lengthen)
+
+
+def _both_classic(start: FrameCondition, end: FrameCondition) -> tuple[FrameCondition, FrameCondition]:
+    """Guidance turned on or off (a model without a w-embedding crossing scale 1): the unguided
+    side as classic guidance at scale 1, which gives the same picture (u + 1 (c - u) = c) with
+    the other side's negative prompt, so the scale can ease; one pass again once the look ends."""
+    guided = start if start.classic else end
+    scale, negative = guided.guidance, guided.negative
+    assert scale is not None and negative is not None, "classic guidance has its scale and negative"
+
+    def classic(condition: FrameCondition) -> FrameCondition:
+        if condition.classic:
+            return condition
+        return dataclasses.replace(condition, negative=negative, guidance=torch.ones_like(scale))
+
+    return classic(start), classic(end)
 
 
 def _parts(condition: FrameCondition) -> tuple[object, ...]:
