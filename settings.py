@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         description="SD 1.5 or SD 2.x-base (SD-Turbo) model: hub id, local diffusers folder, .safetensors "
         "file, or 'tiny' / 'tiny-turbo' (offline random weights of either architecture, for tests)",
     )
+    model_file_config: str | None = Field(
+        None,
+        description="for a single SD 2.x checkpoint file: the diffusers settings (hub id or folder) to read it "
+        "with, e.g. stabilityai/sd-turbo",
+    )
     vae: str = Field("madebyollin/taesd", description="TAESD autoencoder: hub id or local folder")
     lora: str | None = Field(
         None, description="LoRA fused into the UNet, e.g. latent-consistency/lcm-lora-sdv1-5 for a non-LCM model"

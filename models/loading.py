@@ -97,8 +97,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_model(model: str, vae: str, lora: str | None, device: str, dtype: str) -> DiffusionModel:
-    """Load everything the stream needs; raises ModelLoadError with a message for the user."""
+def load_model(
+    model: str, vae: str, lora: str | None, device: str, dtype: str, file_config: str | None = None
+) -> DiffusionModel:
+    """Load everything the stream needs; raises ModelLoadError with a message for the user.
+    `file_config`: the diffusers settings (hub id or folder) a single checkpoint file is read
+    with, where the file alone does not tell (SD 2.x: base and SD-Turbo, or 768-v)."""
     quiet_libraries()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -107,12 +111,18 @@ def load_model(model: str, vae: str, lora: str | None, device: str, dtype: str) 
         with tempfile.TemporaryDirectory(prefix="stylecam-tiny-") as folder:
             model_folder, vae_folder = write_tiny_model(Path(folder), TINY_MODELS[model])
             return _load(str(model_folder), str(vae_folder), lora, torch_device, torch_dtype, model)
-    refuse_other_families(model)
-    return _load(model, vae, lora, torch_device, torch_dtype, model)
+    refuse_other_families(model, file_config)
+    return _load(model, vae, lora, torch_device, torch_dtype, model, file_config)
 
 
 def _load(
-    model: str, vae: str, lora: str | None, device: torch.device, dtype: torch.dtype, name: str
+    model: str,
+    vae: str,
+    lora: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    name: str,
+    file_config: str | None = None,
 ) -> DiffusionModel:
     logger.info("loading model %s with autoencoder %s on %s (%s)", name, vae, device, dtype)
     options: dict[str, Any] = {
@@ -125,6 +135,8 @@ def _load(
     if model.endswith(SINGLE_FILE_SUFFIXES):
         if not Path(model).is_file():
             raise ModelLoadError(f"model file not found: {model}")
+        if file_config:
+            options["config"] = file_config
         pipeline = _attempt(f"the model file {model!r}", StableDiffusionPipeline.from_single_file, model, **options)
     else:
         pipeline = _attempt(f"the model {model!r}", StableDiffusionPipeline.from_pretrained, model, **options)
@@ -151,15 +163,22 @@ def _load(
     )
 
 
-def refuse_other_families(model: str) -> None:
+def refuse_other_families(model: str, file_config: str | None = None) -> None:
     """SDXL, SD 3, Flux and the like are refused before any weight loads: their class in
-    model_index.json (hub id or folder), or the keys of a .safetensors file, name the family."""
+    model_index.json (hub id or folder), or the keys of a .safetensors file, name the family.
+    An SD 2.x file needs `file_config`: diffusers would read it as SD 2.1-768 (v-prediction)."""
     if model.endswith(".safetensors") and Path(model).is_file():
         with safe_open(model, framework="pt") as checkpoint:
             family = infer_diffusers_model_type(LazyCheckpoint(checkpoint))
         if family not in SUPPORTED_CHECKPOINTS:
             raise ModelLoadError(
                 f"the model file {model!r} is {family!r}, not supported; stylecam runs {SUPPORTED_FAMILIES}"
+            )
+        if family == "v2" and not file_config:
+            raise ModelLoadError(
+                f"the model file {model!r} is an SD 2.x checkpoint, which the file alone does not say how to "
+                "run: give its settings with --model-file-config, e.g. stabilityai/sd-turbo for SD-Turbo or "
+                "stabilityai/stable-diffusion-2-1-base (a v-prediction 768-v model is not supported)"
             )
         return
     if model.endswith(SINGLE_FILE_SUFFIXES):

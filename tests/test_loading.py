@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import save_file
 
 from models.loading import ModelLoadError, load_model
@@ -61,3 +61,32 @@ def test_a_checkpoint_file_of_another_family_is_refused(tmp_path: Path, key: str
     save_file({key: torch.zeros(4)}, checkpoint)
     with pytest.raises(ModelLoadError, match=family):
         load_model(str(checkpoint), "", None, "cpu", "float32")
+
+
+def sd2_checkpoint(tmp_path: Path) -> str:
+    """A .safetensors file with SD 2.x's tell-tale key: cross-attention 1024 wide."""
+    checkpoint = tmp_path / "sd_turbo.safetensors"
+    key = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+    save_file({key: torch.zeros(320, 1024)}, checkpoint)
+    return str(checkpoint)
+
+
+def test_an_sd2_file_without_its_settings_is_refused_before_loading(tmp_path: Path) -> None:
+    """diffusers reads a lone SD 2.x file as SD 2.1-768 (v-prediction): SD-Turbo would load, then
+    be refused as v-prediction, after gigabytes. The user is asked for its settings at once."""
+    with pytest.raises(ModelLoadError, match="--model-file-config") as refused:
+        load_model(sd2_checkpoint(tmp_path), "", None, "cpu", "float32")
+    assert "stabilityai/sd-turbo" in str(refused.value)
+
+
+def test_an_sd2_file_is_read_with_the_settings_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    given: dict[str, object] = {}
+
+    def from_single_file(path: str, **options: object) -> object:
+        given.update(options)
+        raise ValueError("no weights in this test file")
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", from_single_file)
+    with pytest.raises(ModelLoadError, match="cannot load the model file"):
+        load_model(sd2_checkpoint(tmp_path), "", None, "cpu", "float32", file_config="stabilityai/sd-turbo")
+    assert given["config"] == "stabilityai/sd-turbo"

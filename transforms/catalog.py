@@ -54,7 +54,9 @@ def build_diffusion(settings: Settings, warn: Warn) -> Transform:
         channels_last=settings.channels_last, compile=settings.compile, stable_fast=settings.stable_fast
     )
     try:
-        model = load_model(settings.model, settings.vae, settings.lora, settings.device, settings.dtype)
+        model = load_model(
+            settings.model, settings.vae, settings.lora, settings.device, settings.dtype, settings.model_file_config
+        )
         accelerate(model, wanted)
     except ModelLoadError as exc:
         raise TransformLoadError(str(exc)) from exc
