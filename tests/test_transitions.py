@@ -233,3 +233,20 @@ def test_guidance_turned_on_eases_in_on_a_model_without_w_embedding(model: Diffu
     steps = [float(np.abs(b - a).mean()) for a, b in itertools.pairwise(frames)]
     assert max(steps) < 0.35 * jump, f"no cut: steps {steps} of {jump:.1f}"
     assert sum(step > 0.05 * jump for step in steps) >= 8, "spread over the transition"
+
+
+def test_a_look_taken_over_while_moving_keeps_moving(model: DiffusionModel) -> None:
+    """A dragged slider sends a change every few frames: each new look starts at speed (ease-out)
+    instead of from rest, so the picture does not stall at every change."""
+    clock = FakeClock()
+    transform = DiffusionTransform(LcmStream(model), SIZE, SIZE, clock=clock)
+    who = session("s", StyleParams(prompt="a watercolor portrait"))
+    change(transform, who, who.params)
+    change(transform, who, who.params.updated({"prompt": "a claymation figure", "transition_ms": 600}))
+    assert who.carry[LOOK].from_rest, "from a settled look: smoothstep"
+    clock.now += 0.2
+    change(transform, who, who.params.updated({"prompt": "an oil painting"}))
+    look: Look = who.carry[LOOK]
+    assert not look.from_rest
+    one_frame = look.progress(clock.now + FRAME_S)
+    assert one_frame > 2 * FRAME_S / 0.6 * 0.9, "it leaves at about twice the average speed, not at rest"

@@ -33,12 +33,17 @@ class Look:
     started_at: float  # seconds, on the transform's clock
     duration_s: float
     lengthen: Lengthen
+    from_rest: bool = True  # False when it took over a moving look: it leaves at speed
 
     def progress(self, now: float) -> float:
-        """0 at the start, 1 when done, eased (smoothstep) in between."""
+        """0 at the start, 1 when done: smoothstep from rest, or ease-out when it took over a
+        look still moving (a slider dragged sends a change every few frames: the picture keeps
+        going instead of stopping at each one)."""
         if self.duration_s <= 0.0:
             return 1.0
         linear = min(max((now - self.started_at) / self.duration_s, 0.0), 1.0)
+        if not self.from_rest:
+            return 1.0 - (1.0 - linear) ** 2
         return linear * linear * (3.0 - 2.0 * linear)
 
     def at(self, now: float) -> FrameCondition:
@@ -64,7 +69,8 @@ def next_look(
     if unchanged or start.noise.shape != end.noise.shape:
         start = end
     before = current.params if current is not None else None
-    return Look(params, before, start, end, now, params.transition_ms / 1000.0, lengthen)
+    moving = current is not None and 0.0 < current.progress(now) < 1.0
+    return Look(params, before, start, end, now, params.transition_ms / 1000.0, lengthen, from_rest=not moving)
 
 
 def settled(params: StyleParams, condition: FrameCondition, lengthen: Lengthen) -> Look:
