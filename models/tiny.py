@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from diffusers import (
@@ -88,44 +88,39 @@ def variance_preserving(module: torch.nn.Module, nonlinearity: Literal["linear",
                 torch.nn.init.zeros_(layer.bias)
 
 
+TINY_UNET: dict[str, Any] = {  # the shape both families' tiny UNets share
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    # Attention at the coarser level only: at 512 px the finer one would hold 4096 tokens.
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 8,
+}
+
+
 def tiny_unet(guidance_embedding: bool = True) -> UNet2DConditionModel:
     """An LCM-distilled-like UNet (w-embedding), or without it: like SD 1.5 with LCM-LoRA."""
-    torch.manual_seed(TINY_SEED)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        # Attention at the coarser level only: at 512 px the finer one would hold 4096 tokens.
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    return _variance_preserving_unet(
         cross_attention_dim=TEXT_HIDDEN,
         attention_head_dim=8,
-        norm_num_groups=8,
         time_cond_proj_dim=GUIDANCE_EMBEDDING_DIM if guidance_embedding else None,
     )
-    variance_preserving(unet, "linear")
-    return unet
 
 
 def tiny_turbo_unet() -> UNet2DConditionModel:
     """SD 2.1's UNet in miniature, as SD-Turbo has it: linear projections in the transformers,
     wider cross-attention, per-level head counts, no w-embedding."""
-    torch.manual_seed(TINY_SEED)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TURBO_TEXT_HIDDEN,
-        attention_head_dim=(4, 8),
-        use_linear_projection=True,
-        norm_num_groups=8,
+    return _variance_preserving_unet(
+        cross_attention_dim=TURBO_TEXT_HIDDEN, attention_head_dim=(4, 8), use_linear_projection=True
     )
+
+
+def _variance_preserving_unet(**family: Any) -> UNet2DConditionModel:
+    torch.manual_seed(TINY_SEED)
+    unet = UNet2DConditionModel(**TINY_UNET, **family)
     variance_preserving(unet, "linear")
     return unet
 

@@ -23,7 +23,7 @@ from models.graphs import CapturePlace, GraphCache, GraphedCall
 from models.loading import DiffusionModel, load_model
 from models.stream import LcmStream
 from models.tiny import tiny_unet
-from tests.test_diffusion import camera_frame, job, session
+from tests.test_diffusion import camera_frame, job, run, session
 from transforms.base import FrameJob, Stage
 from transforms.diffusion import DiffusionTransform
 from transforms.params import StyleParams
@@ -220,18 +220,9 @@ def test_a_classic_guidance_batch_of_two_sessions_runs(model: DiffusionModel) ->
     transform = DiffusionTransform(LcmStream(model), SIZE, SIZE)
     first = StyleParams(guidance_scale=3.0, negative_prompt="blurry", seed=1)
     second = StyleParams(guidance_scale=6.0, seed=2)
-
-    def pictures(params_list: list[StyleParams]) -> list[np.ndarray]:
-        jobs = [job(params, str(i)) for i, params in enumerate(params_list)]
-        for one in jobs:
-            transform.prepare_params(one.session, one.params)
-        for stage in transform.stages():
-            stage.process(jobs)
-        return [one.data.to_ndarray(format="rgb24").astype(np.int16) for one in jobs]
-
-    together = pictures([first, second])
-    assert np.abs(together[0] - pictures([first])[0]).max() <= 2
-    assert np.abs(together[1] - pictures([second])[0]).max() <= 2
+    together = run(transform, [job(first, "0"), job(second, "1")])
+    assert np.abs(together[0] - run(transform, [job(first, "0")])[0]).max() <= 2
+    assert np.abs(together[1] - run(transform, [job(second, "1")])[0]).max() <= 2
     assert np.abs(together[0] - together[1]).mean() > 1.0
 
 

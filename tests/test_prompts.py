@@ -9,7 +9,7 @@ import torch
 from models.loading import DiffusionModel, load_model
 from models.prompts import PromptEncoder, compel_syntax
 from models.stream import LcmStream
-from tests.test_diffusion import job
+from tests.test_diffusion import job, run
 from transforms.diffusion import DiffusionTransform
 from transforms.params import StyleParams
 
@@ -73,29 +73,16 @@ def test_sessions_with_short_and_long_prompts_each_get_their_own_picture(model: 
     transform = DiffusionTransform(LcmStream(model), SIZE, SIZE)
     short = StyleParams(prompt=WATERCOLOR, seed=1)
     long = StyleParams(prompt=" ".join(["claymation figure"] * 40), seed=2, guidance_scale=3.0)
-
-    def pictures(params_list: list[StyleParams]) -> list[np.ndarray]:
-        jobs = [job(params, str(index)) for index, params in enumerate(params_list)]
-        for one in jobs:
-            transform.prepare_params(one.session, one.params)
-        for stage in transform.stages():
-            stage.process(jobs)
-        return [one.data.to_ndarray(format="rgb24").astype(np.int16) for one in jobs]
-
-    together = pictures([short, long])
-    assert np.abs(together[0] - pictures([short])[0]).max() <= 2
-    assert np.abs(together[1] - pictures([long])[0]).max() <= 2
+    together = run(transform, [job(short, "0"), job(long, "1")])
+    assert np.abs(together[0] - run(transform, [job(short, "0")])[0]).max() <= 2
+    assert np.abs(together[1] - run(transform, [job(long, "1")])[0]).max() <= 2
 
 
 def test_a_second_prompt_mixed_in_changes_the_picture_by_its_weight(model: DiffusionModel) -> None:
     transform = DiffusionTransform(LcmStream(model), SIZE, SIZE)
 
     def picture(params: StyleParams) -> np.ndarray:
-        one = job(params)
-        transform.prepare_params(one.session, params)
-        for stage in transform.stages():
-            stage.process([one])
-        return one.data.to_ndarray(format="rgb24").astype(np.float32)
+        return run(transform, [job(params)])[0]
 
     watercolor = picture(StyleParams(prompt=WATERCOLOR))
     clay = picture(StyleParams(prompt=CLAY))
